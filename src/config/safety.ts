@@ -1,0 +1,117 @@
+/**
+ * The refusal of unsafe configurations. Production refuses to start, one line per problem,
+ * when auth is off, no encryption key is set, a secret is short or well known, a remote
+ * database is reached without TLS, or the credentials directory is open to other users.
+ * Development refuses only what is unsafe anywhere: auth off on a non-loopback listener.
+ */
+import { statSync } from 'node:fs';
+import type { Config } from './load.js';
+
+/** Values people paste from examples. Compared after lower-casing; also refused as substrings. */
+const WEAK_WORDS = ['password', 'changeme', 'change-me', 'change_me', 'bulwark', 'secret', 'example', 'default', '123456', 'qwerty', 'letmein', 'admin'];
+export const MIN_SECRET_BYTES = 32;
+
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || h === '::ffff:127.0.0.1';
+}
+
+/** Why a secret is weak, or undefined when it is acceptable. Never includes the secret. */
+export function secretWeakness(secret: string): string | undefined {
+  if (Buffer.byteLength(secret, 'utf8') < MIN_SECRET_BYTES) return `is shorter than ${MIN_SECRET_BYTES} bytes`;
+  const lower = secret.toLowerCase();
+  const word = WEAK_WORDS.find((w) => lower.includes(w));
+  if (word) return 'is a known weak value (contains a common word)';
+  if (new Set(secret).size < 8) return 'is a known weak value (too few distinct characters)';
+  return undefined;
+}
+
+/** Problems with the encryption key list in any mode: each must be base64 of exactly 32 bytes. */
+export function encryptionKeyProblems(keys: readonly string[]): string[] {
+  const problems: string[] = [];
+  keys.forEach((key, i) => {
+    const bytes = /^[A-Za-z0-9+/_-]+={0,2}$/.test(key) ? Buffer.from(key, 'base64') : Buffer.alloc(0);
+    if (bytes.length !== 32) problems.push(`BULWARK_ENCRYPTION_KEYS: key ${i + 1} is not base64 of exactly 32 bytes (make one with: openssl rand -base64 32)`);
+    else if (new Set(bytes).size < 8) problems.push(`BULWARK_ENCRYPTION_KEYS: key ${i + 1} is a known weak value (too few distinct bytes)`);
+  });
+  return problems;
+}
+
+/** Whether a PostgreSQL URL reaches another machine without requiring TLS. */
+export function remoteDatabaseWithoutTls(url: string): boolean {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return false; // reported as malformed elsewhere
+  }
+  const host = parsed.hostname || parsed.searchParams.get('host') || '';
+  // An empty host or an absolute path is a Unix socket: local.
+  if (host === '' || host.startsWith('/') || isLoopbackHost(host)) return false;
+  const sslmode = parsed.searchParams.get('sslmode');
+  return !(sslmode === 'require' || sslmode === 'verify-ca' || sslmode === 'verify-full');
+}
+
+export interface SafetyOptions {
+  /** Replaces `fs.statSync` for the credentials directory check. */
+  statMode?: (path: string) => number | undefined;
+}
+
+/** Every reason this configuration must not be served. Empty means safe to start. */
+export function safetyProblems(config: Config, options: SafetyOptions = {}): string[] {
+  const statMode = options.statMode ?? defaultStatMode;
+  const problems: string[] = [];
+  const listeners = [
+    { name: 'BULWARK_HOST', host: config.server.host },
+    { name: 'BULWARK_ADMIN_HOST', host: config.admin.host },
+  ];
+
+  problems.push(...encryptionKeyProblems(config.secrets.encryptionKeys));
+  if (config.database.url && !/^postgres(ql)?:\/\//.test(config.database.url)) {
+    problems.push('DATABASE_URL: must be a postgres:// or postgresql:// URL');
+  }
+  if (config.auth.offRequested && config.auth.requireAuth) {
+    problems.push('BULWARK_AUTH: off contradicts BULWARK_REQUIRE_AUTH=true; remove one of them');
+  }
+
+  if (config.mode === 'development') {
+    if (config.auth.offRequested && !config.auth.requireAuth) {
+      for (const l of listeners.filter((l) => !isLoopbackHost(l.host))) {
+        problems.push(`BULWARK_AUTH: off is allowed only while every listener binds a loopback address, but ${l.name} is ${l.host}`);
+      }
+    }
+    return problems;
+  }
+
+  // Production.
+  if (config.auth.offRequested) problems.push('BULWARK_AUTH: authentication cannot be turned off in production');
+  if (config.secrets.encryptionKeys.length === 0) {
+    problems.push('BULWARK_ENCRYPTION_KEYS: production needs at least one encryption key (make one with: openssl rand -base64 32)');
+  }
+  const secrets: [string, string | undefined][] = [
+    ['BULWARK_JWT_SECRET', config.secrets.jwtSecret],
+    ['BULWARK_API_KEY', config.bootstrapKey.key],
+    ['BULWARK_ADMIN_KEY', config.secrets.adminKey],
+    ['BULWARK_KEY_HASH_SECRET', config.secrets.keyHashSecret],
+  ];
+  for (const [name, value] of secrets) {
+    const weakness = value === undefined ? undefined : secretWeakness(value);
+    if (weakness) problems.push(`${name}: ${weakness}`);
+  }
+  if (config.database.url && remoteDatabaseWithoutTls(config.database.url)) {
+    problems.push('DATABASE_URL: a remote database must be reached with sslmode=require, verify-ca or verify-full');
+  }
+  const mode = statMode(config.credentialsDir);
+  if (mode !== undefined && (mode & 0o077) !== 0) {
+    problems.push(`BULWARK_CREDENTIALS_DIR: ${config.credentialsDir} is accessible by group or other (mode ${(mode & 0o777).toString(8)}); run chmod 700 on it`);
+  }
+  return problems;
+}
+
+function defaultStatMode(p: string): number | undefined {
+  try {
+    return statSync(p).mode;
+  } catch {
+    return undefined;
+  }
+}

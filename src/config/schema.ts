@@ -1,0 +1,129 @@
+/**
+ * The one schema for Bulwark's configuration. A config file (`BULWARK_CONFIG`, JSON or YAML)
+ * has exactly this shape; environment variables map onto its paths (see `ENV_SETTINGS`) and
+ * win over the file. Unknown keys and wrong types stop start-up, naming the setting.
+ */
+import { z } from 'zod';
+
+const port = z.number().int().min(0).max(65535);
+const nonEmpty = z.string().min(1);
+/** A PostgreSQL schema name we are willing to interpolate into `SET search_path`. */
+const identifier = z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier');
+
+export const SCOPE_PATTERN = /^[a-z][a-z0-9_-]*(:[A-Za-z0-9_.*-]+)?$/;
+const scope = z.string().regex(SCOPE_PATTERN, 'is not a valid scope');
+
+export const FileConfigSchema = z.strictObject({
+  mode: z.enum(['development', 'production']).optional(),
+  server: z
+    .strictObject({ host: nonEmpty.optional(), port: port.default(3000) })
+    .default({ port: 3000 }),
+  admin: z
+    .strictObject({ host: nonEmpty.default('127.0.0.1'), port: port.default(3001) })
+    .default({ host: '127.0.0.1', port: 3001 }),
+  auth: z
+    .strictObject({
+      /** `off` is honoured only in development with every listener on loopback. */
+      mode: z.enum(['on', 'off']).default('on'),
+      requireAuth: z.boolean().default(false),
+      /** Milliseconds a verified key stays cached in process; bounds how late a revocation by another process lands. */
+      keyCacheMs: z.number().int().min(0).max(1000).default(500),
+    })
+    .default({ mode: 'on', requireAuth: false, keyCacheMs: 500 }),
+  dataDir: nonEmpty.default('./.bulwark'),
+  database: z
+    .strictObject({ url: nonEmpty.optional(), schema: identifier.default('public') })
+    .default({ schema: 'public' }),
+  redis: z.strictObject({ url: nonEmpty.optional() }).default({}),
+  bootstrapKey: z
+    .strictObject({ key: nonEmpty.optional(), scopes: z.array(scope).min(1).default(['admin']) })
+    .default({ scopes: ['admin'] }),
+  secrets: z
+    .strictObject({
+      encryptionKeys: z.array(nonEmpty).default([]),
+      jwtSecret: nonEmpty.optional(),
+      adminKey: nonEmpty.optional(),
+      keyHashSecret: nonEmpty.optional(),
+    })
+    .default({ encryptionKeys: [] }),
+  upstream: z.strictObject({ url: z.url().default('https://api.anthropic.com') }).default({
+    url: 'https://api.anthropic.com',
+  }),
+  credentialsDir: nonEmpty.optional(),
+  storage: z
+    .strictObject({ bodies: z.boolean().default(false), retentionDays: z.number().int().min(1).default(30) })
+    .default({ bodies: false, retentionDays: 30 }),
+  http: z
+    .strictObject({
+      allowedHosts: z.array(nonEmpty).default([]),
+      corsOrigins: z.array(nonEmpty).default([]),
+      trustedProxies: z.array(nonEmpty).default([]),
+      ipAllowlist: z.array(nonEmpty).default([]),
+    })
+    .default({ allowedHosts: [], corsOrigins: [], trustedProxies: [], ipAllowlist: [] }),
+  tls: z.strictObject({ cert: nonEmpty.optional(), key: nonEmpty.optional() }).default({}),
+  log: z
+    .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+    .default({ level: 'info' }),
+});
+
+export type FileConfig = z.infer<typeof FileConfigSchema>;
+
+type EnvKind = 'string' | 'int' | 'bool' | 'list' | 'mode' | 'auth';
+
+export interface EnvSetting {
+  env: string;
+  path: readonly string[];
+  kind: EnvKind;
+  secret?: boolean;
+}
+
+/** Every environment variable Bulwark reads. Any other `BULWARK_*` variable is refused. */
+export const ENV_SETTINGS: readonly EnvSetting[] = [
+  { env: 'BULWARK_MODE', path: ['mode'], kind: 'mode' },
+  { env: 'BULWARK_HOST', path: ['server', 'host'], kind: 'string' },
+  { env: 'BULWARK_PORT', path: ['server', 'port'], kind: 'int' },
+  { env: 'BULWARK_ADMIN_HOST', path: ['admin', 'host'], kind: 'string' },
+  { env: 'BULWARK_ADMIN_PORT', path: ['admin', 'port'], kind: 'int' },
+  { env: 'BULWARK_AUTH', path: ['auth', 'mode'], kind: 'auth' },
+  { env: 'BULWARK_REQUIRE_AUTH', path: ['auth', 'requireAuth'], kind: 'bool' },
+  { env: 'BULWARK_DATA_DIR', path: ['dataDir'], kind: 'string' },
+  { env: 'DATABASE_URL', path: ['database', 'url'], kind: 'string', secret: true },
+  { env: 'BULWARK_DATABASE_SCHEMA', path: ['database', 'schema'], kind: 'string' },
+  { env: 'REDIS_URL', path: ['redis', 'url'], kind: 'string', secret: true },
+  { env: 'BULWARK_API_KEY', path: ['bootstrapKey', 'key'], kind: 'string', secret: true },
+  { env: 'BULWARK_API_KEY_SCOPES', path: ['bootstrapKey', 'scopes'], kind: 'list' },
+  { env: 'BULWARK_ENCRYPTION_KEYS', path: ['secrets', 'encryptionKeys'], kind: 'list', secret: true },
+  { env: 'BULWARK_JWT_SECRET', path: ['secrets', 'jwtSecret'], kind: 'string', secret: true },
+  { env: 'BULWARK_ADMIN_KEY', path: ['secrets', 'adminKey'], kind: 'string', secret: true },
+  { env: 'BULWARK_KEY_HASH_SECRET', path: ['secrets', 'keyHashSecret'], kind: 'string', secret: true },
+  { env: 'BULWARK_UPSTREAM_URL', path: ['upstream', 'url'], kind: 'string' },
+  { env: 'BULWARK_CREDENTIALS_DIR', path: ['credentialsDir'], kind: 'string' },
+  { env: 'BULWARK_STORE_BODIES', path: ['storage', 'bodies'], kind: 'bool' },
+  { env: 'BULWARK_RETENTION_DAYS', path: ['storage', 'retentionDays'], kind: 'int' },
+  { env: 'BULWARK_ALLOWED_HOSTS', path: ['http', 'allowedHosts'], kind: 'list' },
+  { env: 'BULWARK_CORS_ORIGINS', path: ['http', 'corsOrigins'], kind: 'list' },
+  { env: 'BULWARK_TRUSTED_PROXIES', path: ['http', 'trustedProxies'], kind: 'list' },
+  { env: 'BULWARK_IP_ALLOWLIST', path: ['http', 'ipAllowlist'], kind: 'list' },
+  { env: 'BULWARK_TLS_CERT', path: ['tls', 'cert'], kind: 'string' },
+  { env: 'BULWARK_TLS_KEY', path: ['tls', 'key'], kind: 'string' },
+  { env: 'BULWARK_LOG_LEVEL', path: ['log', 'level'], kind: 'string' },
+];
+
+/** Variables that are not settings but that Bulwark's tools may read; never refused. */
+export const ENV_IGNORED = new Set(['BULWARK_CONFIG']);
+
+/** Paths (dot-joined) whose values are secrets and are masked whenever config is shown. */
+export const SECRET_PATHS = new Set([
+  ...ENV_SETTINGS.filter((s) => s.secret).map((s) => s.path.join('.')),
+  'secrets.encryptionKeys',
+  'secrets.jwtSecret',
+  'secrets.adminKey',
+  'secrets.keyHashSecret',
+  'bootstrapKey.key',
+]);
+
+export function envNameFor(path: readonly (string | number | symbol)[]): string | undefined {
+  const joined = path.map(String).join('.');
+  return ENV_SETTINGS.find((s) => joined === s.path.join('.') || joined.startsWith(`${s.path.join('.')}.`))?.env;
+}
