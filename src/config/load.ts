@@ -145,8 +145,10 @@ function readConfigFile(file: string, problems: string[]): Record<string, unknow
     problems.push(`BULWARK_CONFIG: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
     return {};
   }
+  const isJson = /\.json$/i.test(file);
   try {
-    const value: unknown = /\.json$/i.test(file) ? JSON.parse(text) : parseYaml(text);
+    // logLevel 'error': YAML warnings would otherwise go to stderr quoting the source, secrets included.
+    const value: unknown = isJson ? JSON.parse(text) : parseYaml(text, { logLevel: 'error' });
     if (value === null || value === undefined) return {};
     if (typeof value !== 'object' || Array.isArray(value)) {
       problems.push(`BULWARK_CONFIG: ${file} must hold an object at the top level`);
@@ -154,9 +156,20 @@ function readConfigFile(file: string, problems: string[]): Record<string, unknow
     }
     return value as Record<string, unknown>;
   } catch (err) {
-    problems.push(`BULWARK_CONFIG: ${file} is not valid ${/\.json$/i.test(file) ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`);
+    // Parser messages quote the offending source, which may be a secret: report only where it failed.
+    problems.push(`BULWARK_CONFIG: ${file} is not valid ${isJson ? 'JSON' : 'YAML'}${whereParseFailed(err, text)}`);
     return {};
   }
+}
+
+/** ` at line L, column C` from a JSON or YAML parse error's position, never from its text. */
+function whereParseFailed(err: unknown, text: string): string {
+  const linePos = (err as { linePos?: { line: number; col: number }[] }).linePos?.[0];
+  if (linePos) return ` at line ${linePos.line}, column ${linePos.col}`;
+  const offset = /at position (\d+)/.exec(err instanceof Error ? err.message : '')?.[1];
+  if (offset === undefined) return '';
+  const before = text.slice(0, Number(offset));
+  return ` at line ${before.split('\n').length}, column ${before.length - before.lastIndexOf('\n')}`;
 }
 
 type Parsed = { ok: true; value: unknown } | { ok: false; message: string };

@@ -1,0 +1,29 @@
+/**
+ * The CLI's exit codes (documented in the README) and the error that carries one. Codes above
+ * 63 follow sysexits.h so scripts and service managers read them the usual way.
+ */
+export const EXIT = {
+  ok: 0,
+  /** A check ran and found a problem: audit chain broken, doctor findings. */
+  checkFailed: 1,
+  /** Bad arguments or input. */
+  usage: 2,
+  notFound: 3,
+  /** The change conflicts with the current state, or the caller may not make it. */
+  conflict: 4,
+  /** The database or the running server could not be reached (EX_UNAVAILABLE). */
+  unavailable: 69,
+  /** A bug (EX_SOFTWARE). */
+  internal: 70,
+  /** The configuration is refused (EX_CONFIG). */
+  config: 78,
+} as const;
+
+export class CliError extends Error {
+  readonly exitCode: number;
+  constructor(message: string, exitCode: number) {
+    super(message);
+    this.name = 'CliError';
+    this.exitCode = exitCode;
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * What the CLI's management commands can do, and the two ways it does them: directly on the
+ * store, or — while a server holds the embedded database — through that server's admin API,
+ * authenticated by the token the server wrote into the data dir. Both end in the same
+ * `KeyService`, so behaviour and audit events are identical.
+ */
+import type { StoredAuditEvent, TailOptions, VerifyResult } from '../audit/log.js';
+import { tailEvents, verifyChain } from '../audit/log.js';
+import type { CreateKeyInput, CreatedKey, FailureCode, KeyView, Result, TenantView } from '../auth/key-service.js';
+import { staticPrincipal } from '../auth/verify.js';
+import type { Config } from '../config/load.js';
+import type { Logger } from '../http/logger.js';
+import { type Runtime, createRuntime } from '../http/runtime.js';
+import { openDatabase } from '../store/database.js';
+import { prepareDataDir, readAdminToken, runningServer } from '../store/data-dir.js';
+import { migrateToLatest, pendingMigrations } from '../store/migrations.js';
+import { CliError, EXIT } from './exit.js';
+
+export interface Operations {
+  /** How the CLI reached the store, for messages. */
+  readonly via: string;
+  createKey(input: CreateKeyInput): Promise<Result<CreatedKey>>;
+  listKeys(filter: { tenant?: string | undefined; includeRevoked?: boolean }): Promise<Result<KeyView[]>>;
+  getKey(id: string): Promise<Result<KeyView>>;
+  renameKey(id: string, name: string): Promise<Result<KeyView>>;
+  revokeKey(id: string): Promise<Result<KeyView>>;
+  rotateKey(id: string, options: { grace?: string | undefined }): Promise<Result<CreatedKey & { previous: KeyView }>>;
+  createTenant(id: string, name?: string): Promise<Result<TenantView>>;
+  listTenants(): Promise<Result<TenantView[]>>;
+  auditTail(options: TailOptions): Promise<StoredAuditEvent[]>;
+  auditVerify(): Promise<VerifyResult>;
+  close(): Promise<void>;
+}
+
+const CLI_ACTOR = { principal: staticPrincipal('operator', 'cli', 'bulwark CLI', ['admin']), via: 'cli' as const };
+
+/** Picks the way in: the running server's admin API for a held embedded database, else the store. */
+export async function openOperations(config: Config, logger: Logger): Promise<Operations> {
+  if (!config.database.url) {
+    const server = runningServer(config.dataDir);
+    if (server) {
+      const token = readAdminToken(config.dataDir);
+      if (!token) throw new CliError(`A server (pid ${server.pid}) holds ${config.dataDir} but its admin token is unreadable; run the CLI as the server's user.`, EXIT.unavailable);
+      return new RemoteOperations(server.adminUrl, token);
+    }
+  }
+  return openDirect(config, logger);
+}
+
+export async function openDirect(config: Config, logger: Logger): Promise<LocalOperations> {
+  if (!config.database.url) prepareDataDir(config.dataDir);
+  let database;
+  try {
+    database = await openDatabase({ url: config.database.url, dataDir: config.dataDir, schema: config.database.schema });
+    await database.ping();
+  } catch (err) {
+    throw new CliError(`Cannot open the database: ${(err as Error).message}`, EXIT.unavailable);
+  }
+  try {
+    if (config.mode === 'production') {
+      const pending = await pendingMigrations(database);
+      if (pending.length) throw new CliError(`The database needs migrations (${pending.join(', ')}); run "bulwark migrate" first.`, EXIT.config);
+    } else {
+      await migrateToLatest(database);
+    }
+  } catch (err) {
+    await database.close();
+    throw err;
+  }
+  return new LocalOperations(createRuntime({ config, logger, database, flushIntervalMs: 50 }));
+}
+
+export class LocalOperations implements Operations {
+  readonly via = 'store';
+  constructor(readonly runtime: Runtime) {}
+
+  createKey(input: CreateKeyInput) {
+    return this.runtime.keyService.createKey(CLI_ACTOR, input);
+  }
+  listKeys(filter: { tenant?: string | undefined; includeRevoked?: boolean }) {
+    return this.runtime.keyService.listKeys(CLI_ACTOR, filter);
+  }
+  getKey(id: string) {
+    return this.runtime.keyService.getKey(CLI_ACTOR, id);
+  }
+  renameKey(id: string, name: string) {
+    return this.runtime.keyService.renameKey(CLI_ACTOR, id, name);
+  }
+  revokeKey(id: string) {
+    return this.runtime.keyService.revokeKey(CLI_ACTOR, id);
+  }
+  rotateKey(id: string, options: { grace?: string | undefined }) {
+    return this.runtime.keyService.rotateKey(CLI_ACTOR, id, options);
+  }
+  createTenant(id: string, name?: string) {
+    return this.runtime.keyService.createTenant(CLI_ACTOR, id, name);
+  }
+  listTenants() {
+    return this.runtime.keyService.listTenants(CLI_ACTOR);
+  }
+  async auditTail(options: TailOptions) {
+    await this.runtime.auditLog.flush();
+    return tailEvents(this.runtime.database.db, options);
+  }
+  async auditVerify() {
+    await this.runtime.auditLog.flush();
+    return verifyChain(this.runtime.database.db);
+  }
+  async close() {
+    const unwritten = await this.runtime.drain(5_000);
+    await this.runtime.database.close();
+    if (unwritten) throw new CliError(`${unwritten} audit record(s) could not be written; they are in ${this.runtime.config.dataDir}/spool.`, EXIT.unavailable);
+  }
+}
+
+interface ErrorBody {
+  error?: { code?: string; message?: string };
+}
+
+const REMOTE_FAILURE: Record<string, FailureCode> = {
+  not_found: 'not_found',
+  validation_failed: 'validation_failed',
+  bad_request: 'validation_failed',
+  invalid_json: 'validation_failed',
+  conflict: 'conflict',
+  forbidden: 'forbidden',
+};
+
+export class RemoteOperations implements Operations {
+  readonly via: string;
+  constructor(
+    private readonly adminUrl: string,
+    private readonly token: string,
+  ) {
+    this.via = `server at ${adminUrl}`;
+  }
+
+  async #call<T>(method: string, path: string, body?: unknown): Promise<Result<T>> {
+    let response: Response;
+    try {
+      response = await fetch(new URL(path, this.adminUrl), {
+        method,
+        headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        signal: AbortSignal.timeout(15_000),
+      });
+    } catch (err) {
+      throw new CliError(`Cannot reach the running server's admin API at ${this.adminUrl}: ${(err as Error).message}`, EXIT.unavailable);
+    }
+    const payload = (await response.json().catch(() => ({}))) as T & ErrorBody;
+    if (response.ok) return { ok: true, value: payload };
+    const code = payload.error?.code ?? '';
+    const failure = REMOTE_FAILURE[code];
+    if (failure) return { ok: false, code: failure, message: payload.error?.message ?? code };
+    throw new CliError(`The server answered ${response.status}: ${payload.error?.message ?? 'no message'}`, response.status === 401 ? EXIT.unavailable : EXIT.internal);
+  }
+
+  #value<T>(result: Result<T>): T {
+    if (!result.ok) throw new CliError(result.message, EXIT.internal);
+    return result.value;
+  }
+
+  createKey(input: CreateKeyInput) {
+    return this.#call<CreatedKey>('POST', '/api/keys', input);
+  }
+  async listKeys(filter: { tenant?: string | undefined; includeRevoked?: boolean }) {
+    const q = new URLSearchParams();
+    if (filter.tenant) q.set('tenant', filter.tenant);
+    if (filter.includeRevoked) q.set('all', 'true');
+    const r = await this.#call<{ keys: KeyView[] }>('GET', `/api/keys?${q}`);
+    return r.ok ? { ok: true as const, value: r.value.keys } : r;
+  }
+  getKey(id: string) {
+    return this.#call<KeyView>('GET', `/api/keys/${encodeURIComponent(id)}`);
+  }
+  renameKey(id: string, name: string) {
+    return this.#call<KeyView>('PATCH', `/api/keys/${encodeURIComponent(id)}`, { name });
+  }
+  revokeKey(id: string) {
+    return this.#call<KeyView>('POST', `/api/keys/${encodeURIComponent(id)}/revoke`);
+  }
+  rotateKey(id: string, options: { grace?: string | undefined }) {
+    return this.#call<CreatedKey & { previous: KeyView }>('POST', `/api/keys/${encodeURIComponent(id)}/rotate`, options.grace ? { grace: options.grace } : {});
+  }
+  createTenant(id: string, name?: string) {
+    return this.#call<TenantView>('POST', '/api/tenants', name ? { id, name } : { id });
+  }
+  async listTenants() {
+    const r = await this.#call<{ tenants: TenantView[] }>('GET', '/api/tenants');
+    return r.ok ? { ok: true as const, value: r.value.tenants } : r;
+  }
+  async auditTail(options: TailOptions) {
+    const q = new URLSearchParams();
+    if (options.limit) q.set('limit', String(options.limit));
+    if (options.type) q.set('type', options.type);
+    if (options.tenantId) q.set('tenant', options.tenantId);
+    return this.#value(await this.#call<{ events: StoredAuditEvent[] }>('GET', `/api/audit/events?${q}`)).events;
+  }
+  async auditVerify() {
+    return this.#value(await this.#call<VerifyResult>('GET', '/api/audit/verify'));
+  }
+  async close() {}
+}

@@ -1,0 +1,54 @@
+/**
+ * Assembles Bulwark's two Hono apps. This file is where the request pipeline's order lives
+ * (DESIGN.md): request id → access log → [protection layers] → authentication → authorization
+ * → route. Public routes that need no credential are registered before `authenticate`; every
+ * other route is behind it, so a route added later is authenticated unless moved up here.
+ */
+import { Hono } from 'hono';
+import { authenticate, requireScope } from '../auth/middleware.js';
+import { accessLog } from './access-log.js';
+import type { BulwarkEnv } from './context.js';
+import { errorHandler, notFoundHandler } from './errors.js';
+import { requestId } from './request-id.js';
+import { adminApiRoutes } from './routes/admin-api.js';
+import { healthRoutes, readinessRoutes } from './routes/health.js';
+import { whoamiRoutes } from './routes/whoami.js';
+import type { Runtime } from './runtime.js';
+
+function baseApp(runtime: Runtime, listener: 'public' | 'admin', authDisabled: boolean): Hono<BulwarkEnv> {
+  const app = new Hono<BulwarkEnv>();
+  app.onError(
+    errorHandler((err, c) => {
+      (c.get('logger') ?? runtime.logger).error({ err, path: new URL(c.req.url).pathname }, 'unhandled error');
+    }),
+  );
+  app.notFound(notFoundHandler);
+  app.use('*', requestId());
+  app.use('*', accessLog({ logger: runtime.logger, listener, authDisabled }));
+  return app;
+}
+
+/** The public listener: LLM proxy, MCP, agent API and health. */
+export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
+  const authRequired = runtime.config.auth.enabled;
+  const app = baseApp(runtime, 'public', !authRequired);
+
+  // Public without a credential: exactly these.
+  app.route('/', healthRoutes());
+
+  app.use('*', authenticate({ verifier: runtime.publicVerifier, audit: runtime.audit, required: authRequired }));
+  app.route('/', whoamiRoutes());
+  return app;
+}
+
+/** The admin listener: admin API and readiness. Always authenticated, even with BULWARK_AUTH=off. */
+export function createAdminApp(runtime: Runtime): Hono<BulwarkEnv> {
+  const app = baseApp(runtime, 'admin', false);
+
+  app.route('/', readinessRoutes(runtime.database));
+
+  app.use('*', authenticate({ verifier: runtime.adminVerifier, audit: runtime.audit, required: true }));
+  app.use('*', requireScope('admin', { audit: runtime.audit }));
+  app.route('/', adminApiRoutes({ keyService: runtime.keyService, database: runtime.database, flushAudit: () => runtime.auditLog.flush() }));
+  return app;
+}

@@ -1,0 +1,19 @@
+/**
+ * The typed context every Bulwark route and middleware shares: what earlier steps of the
+ * pipeline leave for later ones. Services are injected here, never imported by routes.
+ */
+import type { Principal } from '../auth/principal.js';
+import type { Logger } from './logger.js';
+
+export interface BulwarkVariables {
+  requestId: string;
+  logger: Logger;
+  /** Set by `authenticate`; absent on public routes. */
+  principal: Principal;
+  /** Whether the request presented any credential (for audit of failures). */
+  credentialPresented: boolean;
+}
+
+export interface BulwarkEnv {
+  Variables: BulwarkVariables;
+}

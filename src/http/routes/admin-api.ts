@@ -1,0 +1,104 @@
+/**
+ * The admin API on the admin listener: key, tenant and audit management for operators and
+ * admin-scoped keys. The CLI calls it while a server holds the embedded database; it runs the
+ * same `KeyService` the CLI runs directly otherwise.
+ */
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { type StoredAuditEvent, tailEvents, verifyChain } from '../../audit/log.js';
+import type { Actor, FailureCode, KeyService, Result } from '../../auth/key-service.js';
+import { crossesTenants } from '../../auth/principal.js';
+import { SCOPE_PATTERN } from '../../config/schema.js';
+import type { Database } from '../../store/database.js';
+import { clientIp } from '../client-info.js';
+import type { BulwarkEnv } from '../context.js';
+import { ApiError, type ErrorCode } from '../errors.js';
+import { readJson, readQuery } from '../validate.js';
+import type { Context } from 'hono';
+
+const FAILURE_CODE: Record<FailureCode, ErrorCode> = {
+  not_found: 'not_found',
+  validation_failed: 'validation_failed',
+  conflict: 'conflict',
+  forbidden: 'forbidden',
+};
+
+function unwrap<T>(result: Result<T>): T {
+  if (!result.ok) throw new ApiError(FAILURE_CODE[result.code], result.message);
+  return result.value;
+}
+
+function actorOf(c: Context<BulwarkEnv>): Actor {
+  return { principal: c.get('principal'), via: 'admin-api', ip: clientIp(c), userAgent: c.req.header('user-agent'), requestId: c.get('requestId') };
+}
+
+const KeyId = z.string().regex(/^[0-9A-Za-z]{1,64}$/, 'is not a key id');
+const CreateKeyBody = z.strictObject({
+  name: z.string().min(1).max(100),
+  scopes: z.array(z.string().regex(SCOPE_PATTERN, 'is not a valid scope')).min(1),
+  tenant: z.string().optional(),
+  expiresIn: z.string().optional(),
+});
+const RenameBody = z.strictObject({ name: z.string().min(1).max(100) });
+const RotateBody = z.strictObject({ grace: z.string().optional() });
+const TenantBody = z.strictObject({ id: z.string().min(1).max(63), name: z.string().min(1).max(100).optional() });
+const ListKeysQuery = z.strictObject({ tenant: z.string().optional(), all: z.enum(['true', 'false']).optional() });
+const TailQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(1000).optional(),
+  type: z.string().max(100).optional(),
+  tenant: z.string().optional(),
+});
+
+export interface AdminApiOptions {
+  keyService: KeyService;
+  database: Database;
+  /** Makes queued audit events visible before an audit read. */
+  flushAudit: () => Promise<void>;
+}
+
+export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
+  const { keyService, database, flushAudit } = options;
+  const keyId = (c: Context<BulwarkEnv>) => {
+    const parsed = KeyId.safeParse(c.req.param('id'));
+    if (!parsed.success) throw new ApiError('validation_failed', 'id: is not a key id');
+    return parsed.data;
+  };
+  const auditTenant = (c: Context<BulwarkEnv>, requested: string | undefined) =>
+    crossesTenants(c.get('principal')) ? requested : c.get('principal').tenant;
+
+  return new Hono<BulwarkEnv>()
+    .get('/api/keys', async (c) => {
+      const q = readQuery(c, ListKeysQuery);
+      return c.json({ keys: unwrap(await keyService.listKeys(actorOf(c), { tenant: q.tenant, includeRevoked: q.all === 'true' })) });
+    })
+    .post('/api/keys', async (c) => {
+      const body = await readJson(c, CreateKeyBody);
+      return c.json(unwrap(await keyService.createKey(actorOf(c), body)), 201);
+    })
+    .get('/api/keys/:id', async (c) => c.json(unwrap(await keyService.getKey(actorOf(c), keyId(c)))))
+    .patch('/api/keys/:id', async (c) => {
+      const body = await readJson(c, RenameBody);
+      return c.json(unwrap(await keyService.renameKey(actorOf(c), keyId(c), body.name)));
+    })
+    .post('/api/keys/:id/revoke', async (c) => c.json(unwrap(await keyService.revokeKey(actorOf(c), keyId(c)))))
+    .post('/api/keys/:id/rotate', async (c) => {
+      const body = c.req.header('content-type') ? await readJson(c, RotateBody) : {};
+      return c.json(unwrap(await keyService.rotateKey(actorOf(c), keyId(c), body)), 201);
+    })
+    .get('/api/tenants', async (c) => c.json({ tenants: unwrap(await keyService.listTenants(actorOf(c))) }))
+    .post('/api/tenants', async (c) => {
+      const body = await readJson(c, TenantBody);
+      return c.json(unwrap(await keyService.createTenant(actorOf(c), body.id, body.name)), 201);
+    })
+    .get('/api/audit/events', async (c) => {
+      const q = readQuery(c, TailQuery);
+      await flushAudit().catch(() => {});
+      const events: StoredAuditEvent[] = await tailEvents(database.db, { limit: q.limit, type: q.type, tenantId: auditTenant(c, q.tenant) });
+      return c.json({ events });
+    })
+    .get('/api/audit/verify', async (c) => {
+      if (!crossesTenants(c.get('principal'))) throw new ApiError('forbidden', 'Only an operator can verify the whole audit chain.');
+      await flushAudit().catch(() => {});
+      return c.json(await verifyChain(database.db));
+    });
+}

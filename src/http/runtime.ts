@@ -1,0 +1,159 @@
+/**
+ * Builds the services a running Bulwark needs from a config and an open database, wired
+ * together once: repositories, the key verifiers of both listeners, key management, the audit
+ * log and the last-used writer. The CLI builds the same runtime when it works on the store
+ * directly, so both paths run the same code.
+ */
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { AuditLog, type AuditEventInput } from '../audit/log.js';
+import { KeyService } from '../auth/key-service.js';
+import { type KeyPrefix, createKeyHasher } from '../auth/keys.js';
+import { DEFAULT_TENANT } from '../auth/principal.js';
+import { KeyVerifier, type StaticCredential, staticPrincipal } from '../auth/verify.js';
+import type { Config } from '../config/load.js';
+import type { Database } from '../store/database.js';
+import { KeyRepository, TenantRepository } from '../store/repositories.js';
+import { WriteBehind, type WriteBehindReport } from '../store/write-behind.js';
+import type { Logger } from './logger.js';
+
+export interface Runtime {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly database: Database;
+  readonly keys: KeyRepository;
+  readonly tenants: TenantRepository;
+  readonly keyService: KeyService;
+  readonly auditLog: AuditLog;
+  /** Verifies callers of the public listener: store keys and the bootstrap key. */
+  readonly publicVerifier: KeyVerifier;
+  /** Verifies callers of the admin listener: the above plus the admin token and admin key. */
+  readonly adminVerifier: KeyVerifier;
+  /** The running server's admin token (random per start), written to the data dir for the CLI. */
+  readonly adminToken: string;
+  readonly startedAt: Date;
+  audit(event: AuditEventInput): void;
+  /** Writes everything queued now (audit events, last-used times); rejects while the database is away. */
+  flush(): Promise<void>;
+  /** Drains queued writes (audit, last-used) within the deadline; returns how many could not be written. */
+  drain(deadlineMs?: number): Promise<number>;
+}
+
+export interface RuntimeOptions {
+  config: Config;
+  logger: Logger;
+  database: Database;
+  adminToken?: string;
+  /** Write-behind flush interval; tests shorten it. */
+  flushIntervalMs?: number;
+}
+
+export function keyPrefixFor(config: Config): KeyPrefix {
+  return config.mode === 'production' ? 'bwk_live_' : 'bwk_test_';
+}
+
+export function createRuntime(options: RuntimeOptions): Runtime {
+  const { config, logger, database } = options;
+  const spoolDir = path.join(config.dataDir, 'spool');
+  const report = (event: WriteBehindReport) => reportWriteBehind(logger, event);
+  const keys = new KeyRepository(database.db);
+  const tenants = new TenantRepository(database.db);
+  const hasher = createKeyHasher(config.secrets.keyHashSecret);
+  const auditLog = new AuditLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  const audit = (event: AuditEventInput) => {
+    auditLog.record(event);
+  };
+
+  // last_used_at: one timestamp per key per flush, written off the request path.
+  const lastUsed = new WriteBehind<{ id: string; at: string }>({
+    name: 'last-used',
+    spoolDir,
+    report,
+    flushIntervalMs: options.flushIntervalMs ?? 1_000,
+    write: async (batch) => {
+      const latest = new Map<string, Date>();
+      for (const { id, at } of batch) {
+        const time = new Date(at);
+        const known = latest.get(id);
+        if (!known || known < time) latest.set(id, time);
+      }
+      await keys.touchLastUsed(latest);
+    },
+  });
+  const onKeyUsed = (id: string, at: Date) => {
+    lastUsed.push({ id, at: at.toISOString() });
+  };
+
+  const bootstrap: StaticCredential[] = config.bootstrapKey.key
+    ? [{ secret: config.bootstrapKey.key, principal: staticPrincipal('bootstrap', 'bootstrap', 'bootstrap key (BULWARK_API_KEY)', config.bootstrapKey.scopes) }]
+    : [];
+  const adminToken = options.adminToken ?? randomBytes(32).toString('base64url');
+  const operators: StaticCredential[] = [
+    { secret: adminToken, principal: staticPrincipal('operator', 'admin-token', 'admin token (data dir)', ['admin']) },
+    ...(config.secrets.adminKey
+      ? [{ secret: config.secrets.adminKey, principal: staticPrincipal('operator', 'admin-key', 'admin key (BULWARK_ADMIN_KEY)', ['admin']) }]
+      : []),
+  ];
+  const cacheMs = config.auth.keyCacheMs;
+  const publicVerifier = new KeyVerifier({ keys, hasher, cacheMs, staticCredentials: bootstrap, onKeyUsed });
+  const adminVerifier = new KeyVerifier({ keys, hasher, cacheMs, staticCredentials: [...bootstrap, ...operators], onKeyUsed });
+
+  const keyService = new KeyService({
+    keys,
+    tenants,
+    hasher,
+    prefix: keyPrefixFor(config),
+    audit,
+    onKeyInvalidated: (id) => {
+      publicVerifier.invalidate(id);
+      adminVerifier.invalidate(id);
+    },
+  });
+
+  return {
+    config,
+    logger,
+    database,
+    keys,
+    tenants,
+    keyService,
+    auditLog,
+    publicVerifier,
+    adminVerifier,
+    adminToken,
+    startedAt: new Date(),
+    audit,
+    async flush() {
+      await Promise.all([auditLog.flush(), lastUsed.flush()]);
+    },
+    async drain(deadlineMs = 5_000) {
+      const [a, b] = await Promise.all([auditLog.close(deadlineMs), lastUsed.close(deadlineMs)]);
+      return a + b;
+    },
+  };
+}
+
+/** Creates the default tenant so the first key has somewhere to live. */
+export async function ensureDefaultTenant(runtime: Runtime): Promise<void> {
+  await runtime.tenants.ensure(DEFAULT_TENANT, 'Default tenant');
+}
+
+function reportWriteBehind(logger: Logger, event: WriteBehindReport): void {
+  switch (event.kind) {
+    case 'retrying':
+      logger.warn({ queue: event.queue, pending: event.pending, attempt: event.attempt, error: event.error }, 'database write failed; will retry');
+      break;
+    case 'recovered':
+      logger.info({ queue: event.queue, pending: event.pending }, 'database writes recovered');
+      break;
+    case 'spooled':
+      logger.error({ queue: event.queue, count: event.count, file: event.file }, 'could not write to the database; kept in the spool file for the next start');
+      break;
+    case 'lost':
+      logger.error({ queue: event.queue, count: event.count, reason: event.reason }, 'could not write to the database or the spool; items lost');
+      break;
+    case 'replayed':
+      logger.info({ queue: event.queue, count: event.count }, 'replaying writes spooled by an earlier run');
+      break;
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * The data dir's local state besides the database: created with mode 700; while a server runs
+ * it holds `server.json` (pid and admin URL) and `admin.token` (mode 600), which is how the CLI
+ * finds the server that owns the embedded database and authenticates to its admin API instead
+ * of opening that database a second time (PGlite is one process's database).
+ */
+import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+export interface ServerInfo {
+  pid: number;
+  adminUrl: string;
+  publicUrl: string;
+  database: 'pglite' | 'postgres';
+  startedAt: string;
+}
+
+const INFO_FILE = 'server.json';
+const TOKEN_FILE = 'admin.token';
+
+export function prepareDataDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // mkdir's mode is masked by umask and ignored for an existing dir: set it explicitly.
+  if ((statSync(dir).mode & 0o077) !== 0) chmodSync(dir, 0o700);
+}
+
+/** Writes a file readable by its owner only, atomically (write to a temp name, then rename). */
+export function writePrivateFile(file: string, content: string): void {
+  const temp = `${file}.${process.pid}.tmp`;
+  writeFileSync(temp, content, { mode: 0o600 });
+  chmodSync(temp, 0o600);
+  renameSync(temp, file);
+}
+
+export function isProcessAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The server currently running on this data dir, or undefined (stale files are ignored). */
+export function runningServer(dir: string): ServerInfo | undefined {
+  let info: ServerInfo;
+  try {
+    info = JSON.parse(readFileSync(path.join(dir, INFO_FILE), 'utf8')) as ServerInfo;
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(info.pid) || info.pid === process.pid || !isProcessAlive(info.pid)) return undefined;
+  return info;
+}
+
+export function readAdminToken(dir: string): string | undefined {
+  try {
+    return readFileSync(path.join(dir, TOKEN_FILE), 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function publishServer(dir: string, info: ServerInfo, adminToken: string): void {
+  writePrivateFile(path.join(dir, TOKEN_FILE), `${adminToken}\n`);
+  writePrivateFile(path.join(dir, INFO_FILE), `${JSON.stringify(info, null, 2)}\n`);
+}
+
+/** Removes the files if they still describe this process. */
+export function unpublishServer(dir: string): void {
+  try {
+    const info = JSON.parse(readFileSync(path.join(dir, INFO_FILE), 'utf8')) as ServerInfo;
+    if (info.pid !== process.pid) return;
+  } catch {
+    return;
+  }
+  rmSync(path.join(dir, INFO_FILE), { force: true });
+  rmSync(path.join(dir, TOKEN_FILE), { force: true });
+}

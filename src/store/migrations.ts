@@ -1,0 +1,98 @@
+/**
+ * The one migration set for PGlite and PostgreSQL, applied in order and recorded in
+ * `schema_migrations`. Kysely's migrator takes an advisory lock, so several instances starting
+ * together against one PostgreSQL apply each migration once.
+ */
+import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+import type { Database } from './database.js';
+import type { Tables } from './tables.js';
+
+const MIGRATIONS: Record<string, Migration> = {
+  '0001_foundation': {
+    async up(db) {
+      await sql`
+        create table tenants (
+          id text primary key,
+          name text not null,
+          created_at timestamptz not null default now()
+        )`.execute(db);
+      await sql`
+        create table api_keys (
+          id text primary key,
+          tenant_id text not null references tenants(id),
+          name text not null,
+          prefix text not null,
+          hash_alg text not null,
+          key_hash text not null,
+          scopes text[] not null,
+          allowed_cidrs text[] not null default '{}',
+          limits jsonb not null default '{}',
+          created_at timestamptz not null default now(),
+          expires_at timestamptz,
+          revoked_at timestamptz,
+          last_used_at timestamptz,
+          rotated_from text
+        )`.execute(db);
+      await sql`create index api_keys_tenant_idx on api_keys (tenant_id, created_at)`.execute(db);
+      await sql`
+        create table audit_events (
+          seq bigserial primary key,
+          id text not null unique,
+          time timestamptz not null,
+          type text not null,
+          outcome text not null,
+          tenant_id text,
+          key_id text,
+          ip text,
+          user_agent text,
+          method text,
+          path text,
+          request_id text,
+          details jsonb not null default '{}',
+          prev_hash text not null,
+          hash text not null
+        )`.execute(db);
+      await sql`create index audit_events_type_idx on audit_events (type, seq)`.execute(db);
+      await sql`create index audit_events_time_idx on audit_events (time)`.execute(db);
+    },
+  },
+};
+
+class InCodeProvider implements MigrationProvider {
+  async getMigrations(): Promise<Record<string, Migration>> {
+    return MIGRATIONS;
+  }
+}
+
+function migrator(db: Kysely<Tables>, schema: string): Migrator {
+  return new Migrator({
+    db,
+    provider: new InCodeProvider(),
+    // Named explicitly: Kysely looks for its tables across all schemas otherwise, and would
+    // mistake another deployment's tables on the same PostgreSQL for ours.
+    migrationTableSchema: schema,
+    migrationTableName: 'schema_migrations',
+    migrationLockTableName: 'schema_migrations_lock',
+  });
+}
+
+export interface MigrationReport {
+  applied: string[];
+  pending: string[];
+}
+
+/** Applies every pending migration. Throws with the failing migration's name. */
+export async function migrateToLatest(database: Database): Promise<MigrationReport> {
+  const { error, results = [] } = await migrator(database.db, database.schema).migrateToLatest();
+  if (error) {
+    const failed = results.find((r) => r.status === 'Error')?.migrationName ?? 'unknown';
+    throw new Error(`migration ${failed} failed: ${(error as Error).message ?? String(error)}`);
+  }
+  return { applied: results.filter((r) => r.status === 'Success').map((r) => r.migrationName), pending: [] };
+}
+
+/** Names of migrations not yet applied, without applying them. */
+export async function pendingMigrations(database: Database): Promise<string[]> {
+  const all = await migrator(database.db, database.schema).getMigrations();
+  return all.filter((m) => !m.executedAt).map((m) => m.name);
+}

@@ -1,0 +1,59 @@
+/**
+ * The table types the query layer checks every query against. One definition for PGlite and
+ * PostgreSQL; `migrations.ts` creates exactly these columns.
+ */
+import type { ColumnType } from 'kysely';
+
+type Timestamp = ColumnType<Date, Date | string, Date | string>;
+/** A timestamp the database fills in when the insert leaves it out. */
+type DefaultedTimestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+/** jsonb: written as JSON text, read back parsed; defaulted by the database. */
+type Json<T> = ColumnType<T, string | undefined, string>;
+
+export interface TenantsTable {
+  id: string;
+  name: string;
+  created_at: DefaultedTimestamp;
+}
+
+export interface ApiKeysTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  prefix: string;
+  hash_alg: string;
+  key_hash: string;
+  scopes: string[];
+  allowed_cidrs: ColumnType<string[], string[] | undefined, string[]>;
+  limits: Json<Record<string, unknown>>;
+  created_at: DefaultedTimestamp;
+  expires_at: NullableTimestamp;
+  revoked_at: NullableTimestamp;
+  last_used_at: NullableTimestamp;
+  rotated_from: string | null;
+}
+
+export interface AuditEventsTable {
+  seq: ColumnType<string | number, never, never>;
+  id: string;
+  time: Timestamp;
+  type: string;
+  outcome: string;
+  tenant_id: string | null;
+  key_id: string | null;
+  ip: string | null;
+  user_agent: string | null;
+  method: string | null;
+  path: string | null;
+  request_id: string | null;
+  details: Json<Record<string, unknown>>;
+  prev_hash: string;
+  hash: string;
+}
+
+export interface Tables {
+  tenants: TenantsTable;
+  api_keys: ApiKeysTable;
+  audit_events: AuditEventsTable;
+}

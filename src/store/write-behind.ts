@@ -1,0 +1,196 @@
+/**
+ * A bounded, batched writer that takes writes off the request path. Items wait in memory and
+ * are written in batches; while the database is away the batch is retried with backoff and
+ * nothing is dropped until the bound is reached. What cannot be written — overflow, or what is
+ * still queued when a shutdown deadline passes — is appended to a spool file (mode 600) and
+ * reported, and the spool is replayed on the next start. Items must hold no secrets.
+ */
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
+
+export interface WriteBehindOptions<T> {
+  /** Names the queue in reports and its spool file. */
+  name: string;
+  write: (batch: T[]) => Promise<void>;
+  /** Most items held in memory; past it, new items go to the spool. */
+  maxItems?: number;
+  batchSize?: number;
+  flushIntervalMs?: number;
+  /** Where overflow and unwritten items are kept (`<dir>/<name>.jsonl`); without it they are only reported. */
+  spoolDir?: string | undefined;
+  /** Told about failures: a write that will be retried, or items spooled/lost. */
+  report?: (event: WriteBehindReport) => void;
+}
+
+export type WriteBehindReport =
+  | { kind: 'retrying'; queue: string; pending: number; attempt: number; error: string }
+  | { kind: 'recovered'; queue: string; pending: number }
+  | { kind: 'spooled'; queue: string; count: number; file: string }
+  | { kind: 'lost'; queue: string; count: number; reason: string }
+  | { kind: 'replayed'; queue: string; count: number };
+
+export interface WriteBehindStats {
+  pending: number;
+  written: number;
+  spooled: number;
+  failedAttempts: number;
+}
+
+export class WriteBehind<T> {
+  readonly #options: Required<Omit<WriteBehindOptions<T>, 'spoolDir' | 'report'>> & Pick<WriteBehindOptions<T>, 'spoolDir' | 'report'>;
+  #items: T[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> | undefined;
+  #attempt = 0;
+  #closed = false;
+  #stats: WriteBehindStats = { pending: 0, written: 0, spooled: 0, failedAttempts: 0 };
+
+  constructor(options: WriteBehindOptions<T>) {
+    const { maxItems = 10_000, batchSize = 200, flushIntervalMs = 250 } = options;
+    if (!Number.isInteger(maxItems) || maxItems < 1) throw new Error(`WriteBehind ${options.name}: maxItems must be a positive integer`);
+    if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`WriteBehind ${options.name}: batchSize must be a positive integer`);
+    this.#options = { ...options, maxItems, batchSize, flushIntervalMs };
+  }
+
+  get stats(): WriteBehindStats {
+    return { ...this.#stats, pending: this.#items.length };
+  }
+
+  /** Queues an item; never blocks and never throws. Returns false when it had to be spooled. */
+  push(item: T): boolean {
+    if (this.#closed || this.#items.length >= this.#options.maxItems) {
+      this.#spool([item], this.#closed ? 'queue closed' : 'queue full');
+      return false;
+    }
+    this.#items.push(item);
+    this.#schedule(this.#items.length >= this.#options.batchSize ? 0 : this.#options.flushIntervalMs);
+    return true;
+  }
+
+  /** Writes everything queued now; resolves when the queue is empty or rejects on a write error. */
+  async flush(): Promise<void> {
+    while (this.#items.length > 0 || this.#running) {
+      if (this.#running) {
+        await this.#running.catch(() => {});
+        continue;
+      }
+      await this.#runOnce();
+    }
+  }
+
+  /**
+   * Stops accepting items and drains within the deadline; whatever is left is spooled.
+   * Returns how many items could not be written to the database.
+   */
+  async close(deadlineMs = 5_000): Promise<number> {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    const deadline = Date.now() + deadlineMs;
+    while ((this.#items.length > 0 || this.#running) && Date.now() < deadline) {
+      try {
+        if (this.#running) await this.#running;
+        else await this.#runOnce();
+      } catch {
+        await sleep(Math.min(250, Math.max(0, deadline - Date.now())));
+      }
+    }
+    const left = this.#items.splice(0);
+    if (left.length) this.#spool(left, 'shutdown deadline passed while the database was away');
+    return left.length;
+  }
+
+  /** Re-queues items a previous run spooled. Call once at start, before serving. */
+  replaySpool(): number {
+    const file = this.#spoolFile();
+    if (!file || !existsSync(file)) return 0;
+    const claimed = `${file}.replaying-${process.pid}`;
+    renameSync(file, claimed);
+    const items = readFileSync(claimed, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .flatMap((line) => {
+        try {
+          return [JSON.parse(line) as T];
+        } catch {
+          return [];
+        }
+      });
+    rmSync(claimed);
+    for (const item of items) this.#items.push(item);
+    if (items.length) {
+      this.#options.report?.({ kind: 'replayed', queue: this.#options.name, count: items.length });
+      this.#schedule(0);
+    }
+    return items.length;
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#running) return;
+    if (this.#timer && delayMs > 0) return;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#runOnce().catch(() => {});
+    }, delayMs);
+    this.#timer.unref();
+  }
+
+  async #runOnce(): Promise<void> {
+    if (this.#running || this.#items.length === 0) return;
+    const batch = this.#items.slice(0, this.#options.batchSize);
+    this.#running = (async () => {
+      try {
+        await this.#options.write(batch);
+        this.#items.splice(0, batch.length);
+        this.#stats.written += batch.length;
+        if (this.#attempt > 0) this.#options.report?.({ kind: 'recovered', queue: this.#options.name, pending: this.#items.length });
+        this.#attempt = 0;
+      } catch (err) {
+        this.#attempt += 1;
+        this.#stats.failedAttempts += 1;
+        this.#options.report?.({
+          kind: 'retrying',
+          queue: this.#options.name,
+          pending: this.#items.length,
+          attempt: this.#attempt,
+          error: err instanceof Error ? err.message : String(err),
+        });
+        throw err;
+      } finally {
+        this.#running = undefined;
+      }
+    })();
+    try {
+      await this.#running;
+      if (this.#items.length > 0 && !this.#closed) this.#schedule(0);
+    } catch (err) {
+      // Back off: 100 ms doubling to 5 s, while items stay queued in order.
+      if (!this.#closed) this.#schedule(Math.min(5_000, 100 * 2 ** Math.min(this.#attempt, 6)));
+      throw err;
+    }
+  }
+
+  #spoolFile(): string | undefined {
+    return this.#options.spoolDir ? path.join(this.#options.spoolDir, `${this.#options.name}.jsonl`) : undefined;
+  }
+
+  #spool(items: T[], reason: string): void {
+    const file = this.#spoolFile();
+    if (file) {
+      try {
+        mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+        appendFileSync(file, items.map((i) => `${JSON.stringify(i)}\n`).join(''), { mode: 0o600 });
+        this.#stats.spooled += items.length;
+        this.#options.report?.({ kind: 'spooled', queue: this.#options.name, count: items.length, file });
+        return;
+      } catch (err) {
+        reason = `${reason}; spool failed: ${(err as Error).message}`;
+      }
+    }
+    this.#options.report?.({ kind: 'lost', queue: this.#options.name, count: items.length, reason });
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
