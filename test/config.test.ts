@@ -506,3 +506,22 @@ describe('maskedConfig', () => {
     for (const line of lines) expect(line).toMatch(/^[A-Za-z0-9.]+ = /);
   });
 });
+
+describe('settings this version does not act on yet', () => {
+  it.each([
+    ['BULWARK_IP_ALLOWLIST', '10.0.0.0/8'],
+    ['BULWARK_TRUSTED_PROXIES', '127.0.0.1/32'],
+    ['BULWARK_CORS_ORIGINS', 'https://app.example'],
+    ['BULWARK_ALLOWED_HOSTS', 'gw.example'],
+    ['BULWARK_TLS_CERT', '/etc/ssl/cert.pem'],
+    ['BULWARK_STORE_BODIES', 'true'],
+    ['REDIS_URL', 'redis://127.0.0.1:6379'],
+  ])('refuses %s rather than silently ignoring it', (name, value) => {
+    const problems = safetyProblems(load({ [name]: value }));
+    expect(problems).toEqual([`${name}: not supported by this version yet; refusing to start rather than ignore it`]);
+  });
+
+  it('accepts them left at their defaults', () => {
+    expect(safetyProblems(load({}))).toEqual([]);
+  });
+});

@@ -389,13 +389,17 @@ describe('createLogger', () => {
     expect(output()).toContain('https://agent:****@upstream.example/mcp?access_token=****&page=1');
   });
 
-  it('masks child-logger bindings and interpolated objects', () => {
-    const { logger, output } = captureLogger();
+  it('masks the bindings of children and grandchildren, and interpolated objects', () => {
+    const { logger, output, lines } = captureLogger();
     const token = opaqueToken();
     const key = anthropicKey();
-    logger.child({ sessionToken: token }).info('child line');
+    const password = opaqueToken();
+    const child = logger.child({ sessionToken: token, requestId: 'req-1' });
+    child.info('child line');
+    child.child({ upstream: `postgres://u:${password}@db/x` }).info('grandchild line');
     logger.info('headers %j', { 'x-api-key': key });
-    expectFreeOf(output(), [token, key]);
+    expectFreeOf(output(), [token, key, password]);
+    expect(lines()[1]).toMatchObject({ requestId: 'req-1', sessionToken: '****', upstream: 'postgres://u:****@db/x' });
   });
 
   it('writes one valid JSON object per line', () => {

@@ -53,7 +53,7 @@ const CHAIN_LOCK = 0x62776b61756474n;
 
 /** Builds a complete event from what a caller knows; masks anything that looks like a secret. */
 export function makeEvent(input: AuditEventInput, now = new Date()): AuditEvent {
-  const text = (v: string | null | undefined, max = 512) => (v == null || v === '' ? null : maskSecrets(String(v)).slice(0, max));
+  const text = (v: string | null | undefined, max = 512) => (v == null || v === '' ? null : maskSecrets(stripNul(String(v))).slice(0, max));
   return {
     id: randomUUID(),
     time: now.toISOString(),
@@ -66,8 +66,22 @@ export function makeEvent(input: AuditEventInput, now = new Date()): AuditEvent 
     method: text(input.method, 16),
     path: text(input.path, 1024),
     requestId: text(input.requestId, 64),
-    details: maskDeep(input.details ?? {}),
+    details: stripNulDeep(maskDeep(input.details ?? {})),
   };
+}
+
+/** PostgreSQL refuses U+0000 in text and jsonb; one such event would wedge the queue behind it. */
+function stripNul(text: string): string {
+  return text.includes('\u0000') ? text.replaceAll('\u0000', '') : text;
+}
+
+function stripNulDeep<T>(value: T): T {
+  if (typeof value === 'string') return stripNul(value) as T;
+  if (Array.isArray(value)) return value.map(stripNulDeep) as T;
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [stripNul(k), stripNulDeep(v)])) as T;
+  }
+  return value;
 }
 
 /** JSON with object keys sorted at every depth: the same content always hashes the same. */
@@ -84,11 +98,19 @@ export function chainHash(prevHash: string, event: AuditEvent): string {
   return createHash('sha256').update(prevHash).update('\n').update(canonicalJson(event)).digest('hex');
 }
 
-/** Appends events in order under the chain lock, in one transaction. */
-export async function appendChained(db: Kysely<Tables>, events: readonly AuditEvent[]): Promise<void> {
-  if (events.length === 0) return;
+/**
+ * Appends events in order under the chain lock, in one transaction. Events already stored are
+ * skipped, so a batch whose first write was confirmed too late (or replayed from the spool)
+ * is written once.
+ */
+export async function appendChained(db: Kysely<Tables>, batch: readonly AuditEvent[]): Promise<void> {
+  if (batch.length === 0) return;
   await db.transaction().execute(async (tx) => {
     await sql`select pg_advisory_xact_lock(${sql.lit(CHAIN_LOCK.toString())}::bigint)`.execute(tx);
+    const stored = await tx.selectFrom('audit_events').select('id').where('id', 'in', batch.map((e) => e.id)).execute();
+    const seen = new Set(stored.map((r) => r.id));
+    const events = batch.filter((e) => !seen.has(e.id));
+    if (events.length === 0) return;
     const last = await tx.selectFrom('audit_events').select('hash').orderBy('seq', 'desc').limit(1).executeTakeFirst();
     let prevHash = last?.hash ?? GENESIS_HASH;
     const rows = events.map((event) => {

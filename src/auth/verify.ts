@@ -75,7 +75,11 @@ export class KeyVerifier {
     if (!parsed) return this.#verifyStatic(presented);
 
     const row = await this.#lookup(parsed.id);
-    if (!row) return { ok: false, reason: 'unknown_key', keyId: parsed.id };
+    if (!row) {
+      // An operator may have chosen a bootstrap or admin key in Bulwark's own format.
+      const fromConfig = this.#verifyStatic(presented);
+      return fromConfig.ok ? fromConfig : { ok: false, reason: 'unknown_key', keyId: parsed.id };
+    }
     if (row.prefix !== parsed.prefix || !this.#hasher.verify(parsed.secret, row.key_hash, row.hash_alg)) {
       return { ok: false, reason: 'wrong_secret', keyId: row.id, tenant: row.tenant_id };
     }

@@ -57,10 +57,31 @@ export interface SafetyOptions {
   statMode?: (path: string) => number | undefined;
 }
 
+/**
+ * Settings the schema already knows but this version does not act on yet. Setting one is
+ * refused rather than ignored: an operator who sets an IP allow-list must never believe it
+ * protects them while it does nothing.
+ */
+const NOT_YET_SUPPORTED: readonly { setting: string; isSet: (c: Config) => boolean }[] = [
+  { setting: 'REDIS_URL', isSet: (c) => c.redis.url !== undefined },
+  { setting: 'BULWARK_UPSTREAM_URL', isSet: (c) => c.upstream.url !== 'https://api.anthropic.com' },
+  { setting: 'BULWARK_STORE_BODIES', isSet: (c) => c.storage.bodies },
+  { setting: 'BULWARK_RETENTION_DAYS', isSet: (c) => c.storage.retentionDays !== 30 },
+  { setting: 'BULWARK_ALLOWED_HOSTS', isSet: (c) => c.http.allowedHosts.length > 0 },
+  { setting: 'BULWARK_CORS_ORIGINS', isSet: (c) => c.http.corsOrigins.length > 0 },
+  { setting: 'BULWARK_TRUSTED_PROXIES', isSet: (c) => c.http.trustedProxies.length > 0 },
+  { setting: 'BULWARK_IP_ALLOWLIST', isSet: (c) => c.http.ipAllowlist.length > 0 },
+  { setting: 'BULWARK_TLS_CERT', isSet: (c) => c.tls.cert !== undefined },
+  { setting: 'BULWARK_TLS_KEY', isSet: (c) => c.tls.key !== undefined },
+];
+
 /** Every reason this configuration must not be served. Empty means safe to start. */
 export function safetyProblems(config: Config, options: SafetyOptions = {}): string[] {
   const statMode = options.statMode ?? defaultStatMode;
   const problems: string[] = [];
+  for (const { setting } of NOT_YET_SUPPORTED.filter((s) => s.isSet(config))) {
+    problems.push(`${setting}: not supported by this version yet; refusing to start rather than ignore it`);
+  }
   const listeners = [
     { name: 'BULWARK_HOST', host: config.server.host },
     { name: 'BULWARK_ADMIN_HOST', host: config.admin.host },

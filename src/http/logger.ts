@@ -57,7 +57,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       logMethod(args, method) {
         method.apply(this, maskLogArguments(args) as Parameters<pino.LogFn>);
       },
-      // streamWrite: maskLogLine,
+      streamWrite: maskLogLine,
     },
   };
   const logger = destination ? pino(loggerOptions, destination) : pino(loggerOptions);

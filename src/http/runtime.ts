@@ -64,24 +64,33 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     auditLog.record(event);
   };
 
-  // last_used_at: one timestamp per key per flush, written off the request path.
-  const lastUsed = new WriteBehind<{ id: string; at: string }>({
+  // last_used_at: at most one queued item per key however busy it is; the write takes the
+  // latest time seen, so the queue stays as small as the number of active keys.
+  const latestUse = new Map<string, string>();
+  const lastUsed: WriteBehind<{ id: string; at: string }> = new WriteBehind<{ id: string; at: string }>({
     name: 'last-used',
     spoolDir,
     report,
     flushIntervalMs: options.flushIntervalMs ?? 1_000,
     write: async (batch) => {
-      const latest = new Map<string, Date>();
-      for (const { id, at } of batch) {
-        const time = new Date(at);
-        const known = latest.get(id);
-        if (!known || known < time) latest.set(id, time);
+      const written = new Map<string, string>();
+      for (const item of batch) {
+        // The item's own time matters when it was replayed from the spool of an earlier run.
+        const at = latestUse.get(item.id) ?? item.at;
+        if (at > (written.get(item.id) ?? '')) written.set(item.id, at);
       }
-      await keys.touchLastUsed(latest);
+      await keys.touchLastUsed(new Map([...written].map(([id, at]) => [id, new Date(at)])));
+      for (const [id, at] of written) {
+        const newer = latestUse.get(id);
+        if (newer === at) latestUse.delete(id);
+        else if (newer) lastUsed.push({ id, at: newer }); // used again while we wrote: write the newer time next
+      }
     },
   });
   const onKeyUsed = (id: string, at: Date) => {
-    lastUsed.push({ id, at: at.toISOString() });
+    const iso = at.toISOString();
+    if (!latestUse.has(id)) lastUsed.push({ id, at: iso });
+    latestUse.set(id, iso);
   };
 
   const bootstrap: StaticCredential[] = config.bootstrapKey.key

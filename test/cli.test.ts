@@ -1,0 +1,225 @@
+/**
+ * The whole product as a user runs it: `bulwark serve` as a process and the `bulwark` CLI
+ * beside it, on the embedded database (CLI through the server's admin API) and on PostgreSQL
+ * (CLI straight on the shared store).
+ */
+import { mkdtempSync, readFileSync, rmSync, existsSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openDatabase } from '../src/store/database.js';
+import { POSTGRES_URL, dropSchema, freshSchemaName } from './helpers/database.js';
+import { type ServerProcess, filesUnder, runCli, startServe } from './helpers/process.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function whoami(server: ServerProcess, key?: string): Promise<Response> {
+  return fetch(`${server.publicUrl}/api/whoami`, key ? { headers: { authorization: `Bearer ${key}` } } : {});
+}
+
+interface Scenario {
+  name: string;
+  env(dataDir: string): Record<string, string>;
+  cleanup(): Promise<void>;
+}
+
+const pgSchema = freshSchemaName();
+const SCENARIOS: Scenario[] = [
+  {
+    name: 'embedded database (CLI through the running server)',
+    env: (dataDir) => ({ BULWARK_DATA_DIR: dataDir, BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0' }),
+    cleanup: async () => {},
+  },
+  {
+    name: 'PostgreSQL (CLI on the shared store)',
+    env: (dataDir) => ({ BULWARK_DATA_DIR: dataDir, BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0', DATABASE_URL: POSTGRES_URL, BULWARK_DATABASE_SCHEMA: pgSchema }),
+    cleanup: () => dropSchema(pgSchema),
+  },
+];
+
+describe.each(SCENARIOS)('bulwark on $name', (scenario) => {
+  let dataDir: string;
+  let env: Record<string, string>;
+  let server: ServerProcess;
+  const keys: string[] = [];
+
+  async function createKey(args: string[]): Promise<{ id: string; key: string; tenant: string; scopes: string[] }> {
+    const result = await runCli(['keys', 'create', ...args, '--json'], env);
+    expect(result.code, result.stderr).toBe(0);
+    const created = JSON.parse(result.stdout);
+    keys.push(created.key);
+    return created;
+  }
+
+  beforeAll(async () => {
+    dataDir = mkdtempSync(path.join(tmpdir(), 'bulwark-e2e-'));
+    env = scenario.env(dataDir);
+    server = await startServe(env, dataDir);
+  });
+
+  afterAll(async () => {
+    if (server) await server.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+    await scenario.cleanup();
+  });
+
+  it('answers /health and keeps its data dir private', async () => {
+    const response = await fetch(`${server.publicUrl}/health`);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ status: 'ok', version: expect.any(String) });
+    expect(statSync(dataDir).mode & 0o777).toBe(0o700);
+    expect(statSync(path.join(dataDir, 'admin.token')).mode & 0o777).toBe(0o600);
+  });
+
+  it('creates a key with `keys create --scopes read --json` that /api/whoami accepts', async () => {
+    const created = await createKey(['--scopes', 'read', '--name', 'e2e reader']);
+    expect(created).toMatchObject({ id: expect.any(String), key: expect.stringMatching(/^bwk_test_/), tenant: 'default', scopes: ['read'] });
+    const response = await whoami(server, created.key);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ keyId: created.id, keyName: 'e2e reader', tenant: 'default', scopes: ['read'] });
+  });
+
+  it('refuses no key, a wrong key, an expired key and a revoked key with 401 in the envelope', async () => {
+    const expired = await createKey(['--scopes', 'read', '--expires', '1s']);
+    const revoked = await createKey(['--scopes', 'read']);
+    expect((await whoami(server, revoked.key)).status).toBe(200);
+    const revoke = await runCli(['keys', 'revoke', revoked.id, '--json'], env);
+    expect(revoke.code, revoke.stderr).toBe(0);
+    // A revocation by another process lands within one second.
+    await sleep(1_000);
+    const wrong = `${revoked.key.slice(0, -6)}zzzzzz`;
+    for (const key of [undefined, wrong, expired.key, revoked.key]) {
+      const response = await whoami(server, key);
+      expect(response.status).toBe(401);
+      const body = await response.json();
+      expect(body).toEqual({ error: { code: 'unauthorized', message: expect.any(String), requestId: response.headers.get('x-request-id') } });
+    }
+  });
+
+  it('refuses a read key on an admin-only route with 403', async () => {
+    const reader = await createKey(['--scopes', 'read']);
+    const response = await fetch(`${server.adminUrl}/api/keys`, { headers: { authorization: `Bearer ${reader.key}` } });
+    expect(response.status).toBe(403);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe('insufficient_scope');
+  });
+
+  it('lists, shows, renames and rotates keys, exiting 3 for an unknown id', async () => {
+    const key = await createKey(['--scopes', 'read,write', '--name', 'before']);
+    const renamed = await runCli(['keys', 'rename', key.id, 'after', '--json'], env);
+    expect(JSON.parse(renamed.stdout).name).toBe('after');
+    const rotated = await runCli(['keys', 'rotate', key.id, '--json'], env);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    const fresh = JSON.parse(rotated.stdout);
+    keys.push(fresh.key);
+    expect(fresh.rotatedFrom).toBe(key.id);
+    await sleep(1_000);
+    expect((await whoami(server, key.key)).status).toBe(401);
+    expect((await whoami(server, fresh.key)).status).toBe(200);
+    const list = JSON.parse((await runCli(['keys', 'list', '--json'], env)).stdout) as { id: string }[];
+    expect(list.map((k) => k.id)).toContain(fresh.id);
+    expect(list.map((k) => k.id)).not.toContain(key.id);
+    const show = await runCli(['keys', 'show', 'NoSuchKey123', '--json'], env);
+    expect(show.code).toBe(3);
+  });
+
+  it('refuses bad CLI input with exit 2 and a message naming the option', async () => {
+    const result = await runCli(['keys', 'create', '--scopes', 'read,NOT VALID'], env);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--scopes');
+  });
+
+  it('shows key lifecycle and failures in `audit tail` and verifies the chain', async () => {
+    const tail = await runCli(['audit', 'tail', '--json', '-n', '1000'], env);
+    expect(tail.code, tail.stderr).toBe(0);
+    const types = (JSON.parse(tail.stdout) as { type: string }[]).map((e) => e.type);
+    expect(types).toEqual(expect.arrayContaining(['server.started', 'key.created', 'key.revoked', 'key.rotated', 'auth.failure', 'authz.denied']));
+    const onlyKeys = JSON.parse((await runCli(['audit', 'tail', '--json', '--type', 'key.'], env)).stdout) as { type: string }[];
+    expect(onlyKeys.every((e) => e.type.startsWith('key.'))).toBe(true);
+    const verify = await runCli(['audit', 'verify'], env);
+    expect(verify.code, verify.stdout + verify.stderr).toBe(0);
+    expect(verify.stdout).toMatch(/intact/);
+  });
+
+  it('stops cleanly on SIGTERM, keeps no key in plaintext anywhere, and detects an edited audit row', async () => {
+    expect(await server.stop()).toBe(0);
+    expect(existsSync(path.join(dataDir, 'server.json'))).toBe(false);
+    const logs = server.output();
+    expect(logs).toContain('bulwark stopped');
+
+    const secrets = keys.map((k) => k.split('_').pop() as string);
+    expect(secrets.length).toBeGreaterThan(4);
+    const database = await openDatabase({ url: env.DATABASE_URL, dataDir, schema: env.BULWARK_DATABASE_SCHEMA ?? 'public' });
+    try {
+      const everything = JSON.stringify([
+        await database.db.selectFrom('api_keys').selectAll().execute(),
+        await database.db.selectFrom('audit_events').selectAll().execute(),
+        await database.db.selectFrom('tenants').selectAll().execute(),
+      ]);
+      for (const secret of secrets) {
+        expect(logs).not.toContain(secret);
+        expect(everything).not.toContain(secret);
+      }
+      if (!env.DATABASE_URL) {
+        const blobs = filesUnder(dataDir).map((f) => readFileSync(f).toString('latin1'));
+        for (const secret of secrets) expect(blobs.some((b) => b.includes(secret))).toBe(false);
+      }
+      const victim = await database.db.selectFrom('audit_events').select(['seq']).where('type', '=', 'key.revoked').executeTakeFirstOrThrow();
+      await sql`update audit_events set details = '{"name":"nothing to see"}' where seq = ${victim.seq}`.execute(database.db);
+      await database.close();
+      const verify = await runCli(['audit', 'verify', '--json'], env);
+      expect(verify.code).toBe(1);
+      expect(JSON.parse(verify.stdout)).toMatchObject({ ok: false, badSeq: Number(victim.seq) });
+    } finally {
+      await database.close().catch(() => {});
+    }
+  });
+});
+
+describe('production mode from the command line', () => {
+  it('refuses to start with exit 78 and one line per problem', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'bulwark-prod-'));
+    try {
+      const result = await runCli(['serve'], { BULWARK_MODE: 'production', BULWARK_DATA_DIR: dataDir, BULWARK_JWT_SECRET: 'changeme', BULWARK_AUTH: 'off' });
+      expect(result.code).toBe(78);
+      const lines = result.stderr.split('\n').filter((l) => l.startsWith('  - '));
+      expect(lines).toEqual(
+        expect.arrayContaining([
+          expect.stringContaining('BULWARK_AUTH'),
+          expect.stringContaining('BULWARK_ENCRYPTION_KEYS'),
+          expect.stringContaining('BULWARK_JWT_SECRET'),
+        ]),
+      );
+      expect(lines).toHaveLength(3);
+      expect(result.stderr).not.toContain('changeme');
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses an unknown setting before anything else, naming it', async () => {
+    const result = await runCli(['keys', 'list'], { BULWARK_PROT: '3000' });
+    expect(result.code).toBe(78);
+    expect(result.stderr).toContain('BULWARK_PROT');
+  });
+});
+
+describe('quick start', () => {
+  it('`npm start` builds and serves /health on 127.0.0.1:3000 with the embedded database, and says how to get the first key', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'bulwark-start-'));
+    const server = await startServe({ BULWARK_DATA_DIR: dataDir }, dataDir, { command: ['npm', 'start', '--silent'], timeoutMs: 120_000 });
+    try {
+      expect(server.publicUrl).toBe('http://127.0.0.1:3000');
+      expect(server.adminUrl).toBe('http://127.0.0.1:3001');
+      const response = await fetch('http://127.0.0.1:3000/health');
+      expect(response.status).toBe(200);
+      expect(server.output()).toContain('keys create');
+    } finally {
+      // npm itself dies of the signal; what matters is that Bulwark under it shut down cleanly.
+      await server.stop();
+      for (let i = 0; i < 50 && existsSync(path.join(dataDir, 'server.json')); i++) await sleep(100);
+      expect(existsSync(path.join(dataDir, 'server.json'))).toBe(false);
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
