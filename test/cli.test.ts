@@ -3,7 +3,8 @@
  * beside it, on the embedded database (CLI through the server's admin API) and on PostgreSQL
  * (CLI straight on the shared store).
  */
-import { mkdtempSync, readFileSync, rmSync, existsSync, statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
@@ -141,11 +142,21 @@ describe.each(SCENARIOS)('bulwark on $name', (scenario) => {
     expect(verify.stdout).toMatch(/intact/);
   });
 
+  it('passes `doctor --url` probing the running deployment from outside', async () => {
+    const result = await runCli(['doctor', '--url', server.publicUrl, '--admin-url', server.adminUrl, '--json'], env);
+    expect(result.code, result.stdout).toBe(0);
+    const { findings } = JSON.parse(result.stdout) as { findings: { level: string; check: string }[] };
+    expect(findings.filter((f) => f.level === 'fail')).toEqual([]);
+    expect(findings.map((f) => f.check)).toEqual(expect.arrayContaining(['public.whoami', 'admin.keys']));
+  });
+
   it('stops cleanly on SIGTERM, keeps no key in plaintext anywhere, and detects an edited audit row', async () => {
     expect(await server.stop()).toBe(0);
     expect(existsSync(path.join(dataDir, 'server.json'))).toBe(false);
     const logs = server.output();
     expect(logs).toContain('bulwark stopped');
+    const lifecycle = await runCli(['audit', 'tail', '--json', '--type', 'server.'], env);
+    expect((JSON.parse(lifecycle.stdout) as { type: string }[]).map((e) => e.type)).toEqual(['server.started', 'server.stopped']);
 
     const secrets = keys.map((k) => k.split('_').pop() as string);
     expect(secrets.length).toBeGreaterThan(4);
@@ -177,6 +188,37 @@ describe.each(SCENARIOS)('bulwark on $name', (scenario) => {
 });
 
 describe('production mode from the command line', () => {
+  it('refuses to start with pending migrations until `bulwark migrate` has run', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'bulwark-prod-'));
+    const env = {
+      BULWARK_MODE: 'production',
+      BULWARK_DATA_DIR: dataDir,
+      BULWARK_HOST: '127.0.0.1',
+      BULWARK_PORT: '0',
+      BULWARK_ADMIN_PORT: '0',
+      BULWARK_ENCRYPTION_KEYS: randomBytes(32).toString('base64'),
+    };
+    try {
+      const refused = await runCli(['serve'], env);
+      expect(refused.code).toBe(78);
+      expect(refused.stderr).toContain('bulwark migrate');
+      const migrate = await runCli(['migrate', '--json'], env);
+      expect(migrate.code, migrate.stderr).toBe(0);
+      expect(JSON.parse(migrate.stdout).applied).toEqual(['0001_foundation']);
+      const server = await startServe(env, dataDir);
+      try {
+        const created = await runCli(['keys', 'create', '--scopes', 'read', '--json'], env);
+        const { key } = JSON.parse(created.stdout) as { key: string };
+        expect(key).toMatch(/^bwk_live_/);
+        expect((await whoami(server, key)).status).toBe(200);
+      } finally {
+        expect(await server.stop()).toBe(0);
+      }
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses to start with exit 78 and one line per problem', async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'bulwark-prod-'));
     try {

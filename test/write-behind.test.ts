@@ -226,6 +226,17 @@ describe('WriteBehind', () => {
     expect(readFileSync(path.join(spoolDir, 'hung.jsonl'), 'utf8')).toBe('1\n2\n');
   });
 
+  it('spools everything queued at once when abandoned by a process that must exit now', async () => {
+    const spoolDir = tempDir();
+    const store = fakeStore();
+    const { q } = queue(store, { spoolDir, flushIntervalMs: 10_000 });
+    for (const i of range(0, 4)) q.push(i);
+    expect(q.abandon()).toBe(4);
+    expect(readFileSync(path.join(spoolDir, 'test.jsonl'), 'utf8')).toBe('0\n1\n2\n3\n');
+    expect(q.push(9)).toBe(false);
+    expect(store.written).toEqual([]);
+  });
+
   it('replays a spool file that an earlier replay claimed but did not finish', async () => {
     const spoolDir = tempDir();
     const { writeFileSync } = await import('node:fs');

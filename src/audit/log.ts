@@ -6,8 +6,8 @@
  * Events are recorded off the request path through the write-behind queue.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { type Kysely, sql } from 'kysely';
-import type { Tables } from '../store/tables.js';
+import { type Kysely, type Selectable, sql } from 'kysely';
+import type { AuditEventsTable, Tables } from '../store/tables.js';
 import { WriteBehind, type WriteBehindReport } from '../store/write-behind.js';
 import { maskDeep, maskSecrets } from './mask.js';
 
@@ -138,23 +138,7 @@ export async function appendChained(db: Kysely<Tables>, batch: readonly AuditEve
   });
 }
 
-type AuditRow = {
-  seq: string | number | bigint;
-  id: string;
-  time: Date;
-  type: string;
-  outcome: string;
-  tenant_id: string | null;
-  key_id: string | null;
-  ip: string | null;
-  user_agent: string | null;
-  method: string | null;
-  path: string | null;
-  request_id: string | null;
-  details: Record<string, unknown>;
-  prev_hash: string;
-  hash: string;
-};
+type AuditRow = Selectable<AuditEventsTable>;
 
 function fromRow(row: AuditRow): StoredAuditEvent {
   return {
@@ -191,13 +175,13 @@ export async function verifyChain(db: Kysely<Tables>, pageSize = 1_000): Promise
   let afterSeq = 0;
   let checked = 0;
   for (;;) {
-    const rows = (await db
+    const rows: AuditRow[] = await db
       .selectFrom('audit_events')
       .selectAll()
       .where(sql<boolean>`seq > ${afterSeq}`)
       .orderBy('seq')
       .limit(pageSize)
-      .execute()) as AuditRow[];
+      .execute();
     if (rows.length === 0) return { ok: true, checked, head: prevHash };
     for (const row of rows) {
       const event = fromRow(row);
@@ -229,7 +213,7 @@ export async function tailEvents(db: Kysely<Tables>, options: TailOptions = {}):
     query = family.endsWith('.') ? query.where('type', 'like', `${family.replace(/[%_\\]/g, '\\$&')}%`) : query.where('type', '=', options.type);
   }
   if (options.tenantId) query = query.where('tenant_id', '=', options.tenantId);
-  const rows = (await query.orderBy('seq', 'desc').limit(limit).execute()) as AuditRow[];
+  const rows: AuditRow[] = await query.orderBy('seq', 'desc').limit(limit).execute();
   return rows.map(fromRow).reverse();
 }
 
@@ -273,5 +257,9 @@ export class AuditLog {
 
   close(deadlineMs?: number): Promise<number> {
     return this.#queue.close(deadlineMs);
+  }
+
+  abandon(): number {
+    return this.#queue.abandon();
   }
 }

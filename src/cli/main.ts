@@ -4,6 +4,7 @@
  * 78), prints data as text or `--json`, and exits with a documented code (see exit.ts).
  */
 import { Command, CommanderError } from 'commander';
+import { maskSecrets } from '../audit/mask.js';
 import { ConfigError, type Config, loadConfig } from '../config/load.js';
 import { formatConfigText, maskedConfig } from '../config/print.js';
 import { safetyProblems } from '../config/safety.js';
@@ -19,8 +20,9 @@ import { registerKeyCommands } from './keys.js';
 import { type Operations, openOperations } from './operations.js';
 import { printJson, printLines, printTable, shortTime } from './output.js';
 
+/** Human-readable lines go to stderr, masked: an error message may quote a URL or a header. */
 function say(line: string): void {
-  process.stderr.write(`${line}\n`);
+  process.stderr.write(`${maskSecrets(line)}\n`);
 }
 
 function config(): Config {
@@ -62,7 +64,12 @@ export function buildProgram(): Command {
       const server = await startServer(cfg, { logger, say });
       let stopping = false;
       const stop = (signal: string) => {
-        if (stopping) return;
+        if (stopping) {
+          // A second signal means "now": what is still queued goes to the spool, not the database.
+          const spooled = server.runtime.abandon();
+          logger.warn({ signal, spooled }, 'second signal; exiting without draining (queued writes spooled for the next start)');
+          process.exit(EXIT.internal);
+        }
         stopping = true;
         logger.info({ signal }, 'shutting down');
         server.close().then(

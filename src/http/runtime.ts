@@ -35,6 +35,8 @@ export interface Runtime {
   audit(event: AuditEventInput): void;
   /** Writes everything queued now (audit events, last-used times); rejects while the database is away. */
   flush(): Promise<void>;
+  /** Spools queued writes synchronously for an immediate exit; they are replayed at the next start. */
+  abandon(): number;
   /** Drains queued writes (audit, last-used) within the deadline; returns how many could not be written. */
   drain(deadlineMs?: number): Promise<number>;
 }
@@ -134,6 +136,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     audit,
     async flush() {
       await Promise.all([auditLog.flush(), lastUsed.flush()]);
+    },
+    abandon() {
+      return auditLog.abandon() + lastUsed.abandon();
     },
     async drain(deadlineMs = 5_000) {
       const [a, b] = await Promise.all([auditLog.close(deadlineMs), lastUsed.close(deadlineMs)]);

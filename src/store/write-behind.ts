@@ -102,6 +102,15 @@ export class WriteBehind<T> {
     return left.length;
   }
 
+  /** Spools everything still queued, synchronously, for a process that must exit now. */
+  abandon(): number {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    const left = this.#items.splice(0);
+    if (left.length) this.#spool(left, 'process exiting without draining');
+    return left.length;
+  }
+
   /**
    * Re-queues items a previous run spooled, including a file an earlier replay claimed but did
    * not finish (its process died). Call once at start, before serving.
