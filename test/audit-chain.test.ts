@@ -246,6 +246,14 @@ describe.each(ENGINES)('audit chain on %s', (engine) => {
     expect(await log.close(1_000)).toBe(0);
   });
 
+  it('stores an event holding a lone UTF-16 surrogate (which jsonb refuses) with it replaced', async () => {
+    const log = new AuditLog(db(), { flushIntervalMs: 10_000 });
+    log.record({ type: 'key.renamed', outcome: 'success', details: { to: 'x\ud800y' } });
+    await log.flush();
+    expect((await tailEvents(db(), {}))[0]?.details).toEqual({ to: 'x\ufffdy' });
+    expect(await log.close(1_000)).toBe(0);
+  });
+
   it('writes an event once when the same batch is appended again (a late-confirmed or replayed write)', async () => {
     const batch = events(3);
     await appendChained(db(), batch);

@@ -107,12 +107,6 @@ describe('loadConfig defaults', () => {
     expect(config.admin.host).toBe('127.0.0.1');
   });
 
-  it('lets BULWARK_MODE=development win over NODE_ENV=production', () => {
-    const config = load({ NODE_ENV: 'production', BULWARK_MODE: 'development' });
-    expect(config.mode).toBe('development');
-    expect(config.server.host).toBe('127.0.0.1');
-  });
-
   it('returns a frozen config', () => {
     const config = load({ BULWARK_ALLOWED_HOSTS: 'a.example' });
     expect(Object.isFrozen(config)).toBe(true);
@@ -523,5 +517,35 @@ describe('settings this version does not act on yet', () => {
 
   it('accepts them left at their defaults', () => {
     expect(safetyProblems(load({}))).toEqual([]);
+  });
+});
+
+describe('review fixes', () => {
+  it('masks credentials in any URL setting, not only the database and Redis ones', () => {
+    const password = randomBytes(8).toString('hex');
+    const masked = maskedConfig(load({ BULWARK_UPSTREAM_URL: `https://user:${password}@upstream.example/v1?api_key=${password}x` }));
+    expect(JSON.stringify(masked)).not.toContain(password);
+  });
+
+  it('treats NODE_ENV=production with BULWARK_MODE=development as a contradiction, not as development', () => {
+    const err = refusal({ NODE_ENV: 'production', BULWARK_MODE: 'development' });
+    expect(err.problems).toEqual(['BULWARK_MODE: development contradicts NODE_ENV=production; remove one of them']);
+  });
+
+  it.each([
+    ['a ?host= parameter that points elsewhere', 'postgres://u@localhost/db?host=db.example.com'],
+    ['a repeated sslmode whose last value disables TLS', 'postgres://u@db.example.com/db?sslmode=require&sslmode=disable'],
+    ['no host at all (libpq would use PGHOST)', 'postgres:///bulwark'],
+    ['sslmode=prefer', 'postgres://u@db.example.com/db?sslmode=prefer'],
+  ])('refuses a production DATABASE_URL with %s', (_what, url) => {
+    const problems = safetyProblems(load({ ...safeProductionEnv(), DATABASE_URL: url }), { statMode: () => undefined });
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/^DATABASE_URL: /);
+  });
+
+  it('accepts a Unix socket named with ?host= and a remote host with sslmode=verify-full', () => {
+    for (const url of ['postgres://u@/db?host=/var/run/postgresql', 'postgres://u@db.example.com/db?sslmode=verify-full']) {
+      expect(safetyProblems(load({ ...safeProductionEnv(), DATABASE_URL: url }), { statMode: () => undefined })).toEqual([]);
+    }
   });
 });

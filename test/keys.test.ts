@@ -178,6 +178,12 @@ describe('parseDuration', () => {
       expect(parseDuration(text), text).toBeUndefined();
     }
   });
+
+  it('accepts up to ten years and refuses longer, so no expiry overflows a date', () => {
+    expect(parseDuration('3650d')).toBe(3650 * 86_400_000);
+    expect(parseDuration('3651d')).toBeUndefined();
+    expect(parseDuration('99999999d')).toBeUndefined();
+  });
 });
 
 describe.each(ENGINES)('KeyVerifier on %s', (engine) => {

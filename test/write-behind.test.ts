@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AuditLog, tailEvents, verifyChain } from '../src/audit/log.js';
-import { WriteBehind, type WriteBehindOptions, type WriteBehindReport } from '../src/store/write-behind.js';
+import { WriteBehind, type WriteBehindOptions, type WriteBehindReport, isDataError } from '../src/store/write-behind.js';
 import { openTestDatabase } from './helpers/database.js';
 
 const dirs: string[] = [];
@@ -328,5 +328,37 @@ describe('AuditLog while the real database is away', () => {
     } finally {
       await second.cleanup();
     }
+  });
+});
+
+describe('WriteBehind with an item the database refuses', () => {
+  it('isolates the refused item, sets it aside once, and writes every other item in order', async () => {
+    const spoolDir = tempDir();
+    const written: number[] = [];
+    const reports: WriteBehindReport[] = [];
+    const q = new WriteBehind<number>({
+      name: 'poison',
+      spoolDir,
+      batchSize: 8,
+      flushIntervalMs: 1,
+      report: (r) => reports.push(r),
+      isPermanent: isDataError,
+      write: async (batch) => {
+        if (batch.includes(5)) throw Object.assign(new Error('invalid input syntax for type json'), { code: '22P02' });
+        written.push(...batch);
+      },
+    });
+    queues.push(q);
+    for (const i of range(0, 12)) q.push(i);
+    await q.flush();
+    expect(written).toEqual(range(0, 12).filter((i) => i !== 5));
+    expect(readFileSync(path.join(spoolDir, 'poison.rejected.jsonl'), 'utf8')).toBe('5\n');
+    expect(reports.filter((r) => r.kind === 'rejected')).toEqual([expect.objectContaining({ count: 1, error: expect.stringContaining('json') })]);
+  });
+
+  it('keeps retrying, not rejecting, while the database is merely away', async () => {
+    expect(isDataError(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }))).toBe(false);
+    expect(isDataError(Object.assign(new Error('terminating connection'), { code: '57P01' }))).toBe(false);
+    expect(isDataError(Object.assign(new Error('duplicate key'), { code: '23505' }))).toBe(true);
   });
 });

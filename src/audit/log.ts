@@ -8,7 +8,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { type Kysely, type Selectable, sql } from 'kysely';
 import type { AuditEventsTable, Tables } from '../store/tables.js';
-import { WriteBehind, type WriteBehindReport } from '../store/write-behind.js';
+import { WriteBehind, type WriteBehindReport, isDataError } from '../store/write-behind.js';
 import { maskDeep, maskSecrets } from './mask.js';
 
 export type AuditOutcome = 'success' | 'failure' | 'denied' | 'info';
@@ -53,7 +53,7 @@ const CHAIN_LOCK = 0x62776b61756474n;
 
 /** Builds a complete event from what a caller knows; masks anything that looks like a secret. */
 export function makeEvent(input: AuditEventInput, now = new Date()): AuditEvent {
-  const text = (v: string | null | undefined, max = 512) => (v == null || v === '' ? null : maskSecrets(stripNul(String(v))).slice(0, max));
+  const text = (v: string | null | undefined, max = 512) => (v == null || v === '' ? null : maskSecrets(sanitizeText(String(v))).slice(0, max));
   return {
     id: randomUUID(),
     time: now.toISOString(),
@@ -66,20 +66,26 @@ export function makeEvent(input: AuditEventInput, now = new Date()): AuditEvent 
     method: text(input.method, 16),
     path: text(input.path, 1024),
     requestId: text(input.requestId, 64),
-    details: stripNulDeep(maskDeep(input.details ?? {})),
+    details: sanitizeDeep(maskDeep(input.details ?? {})),
   };
 }
 
-/** PostgreSQL refuses U+0000 in text and jsonb; one such event would wedge the queue behind it. */
-function stripNul(text: string): string {
-  return text.includes('\u0000') ? text.replaceAll('\u0000', '') : text;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * PostgreSQL refuses U+0000 and unpaired UTF-16 surrogates in text and jsonb; one such event
+ * would be refused on every retry. Drop NULs and replace lone surrogates with U+FFFD.
+ */
+function sanitizeText(text: string): string {
+  const withoutNul = text.includes('\u0000') ? text.replaceAll('\u0000', '') : text;
+  return withoutNul.replace(LONE_SURROGATE, '\uFFFD');
 }
 
-function stripNulDeep<T>(value: T): T {
-  if (typeof value === 'string') return stripNul(value) as T;
-  if (Array.isArray(value)) return value.map(stripNulDeep) as T;
+function sanitizeDeep<T>(value: T): T {
+  if (typeof value === 'string') return sanitizeText(value) as T;
+  if (Array.isArray(value)) return value.map(sanitizeDeep) as T;
   if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [stripNul(k), stripNulDeep(v)])) as T;
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [sanitizeText(k), sanitizeDeep(v)])) as T;
   }
   return value;
 }
@@ -231,6 +237,7 @@ export class AuditLog {
     this.#queue = new WriteBehind<AuditEvent>({
       name: 'audit',
       write: (batch) => appendChained(db, batch),
+      isPermanent: isDataError,
       spoolDir: options.spoolDir,
       report: options.report,
       ...(options.flushIntervalMs !== undefined ? { flushIntervalMs: options.flushIntervalMs } : {}),

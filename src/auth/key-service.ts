@@ -71,12 +71,15 @@ const TENANT_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const DURATION = /^(\d+)\s*(s|m|h|d|w)$/;
 const UNIT_MS = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 } as const;
 
-/** Parses `90s`, `15m`, `12h`, `30d`, `2w` into milliseconds; undefined if malformed or zero. */
+/** The longest lifetime or grace period a key can be given: ten years. */
+export const MAX_DURATION_MS = 10 * 365 * UNIT_MS.d;
+
+/** Parses `90s`, `15m`, `12h`, `30d`, `2w` into milliseconds; undefined if malformed, zero or over ten years. */
 export function parseDuration(text: string): number | undefined {
   const match = DURATION.exec(text.trim());
   if (!match) return undefined;
   const ms = Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
-  return ms > 0 && Number.isSafeInteger(ms) ? ms : undefined;
+  return ms > 0 && ms <= MAX_DURATION_MS ? ms : undefined;
 }
 
 export function keyView(row: KeyRow, now: Date): KeyView {
@@ -118,7 +121,7 @@ export class KeyService {
     let expiresAt: Date | null = null;
     if (input.expiresIn !== undefined) {
       const ms = parseDuration(input.expiresIn);
-      if (ms === undefined) return { ok: false, code: 'validation_failed', message: `expires: '${input.expiresIn}' is not a duration like 30d, 12h or 90m.` };
+      if (ms === undefined) return { ok: false, code: 'validation_failed', message: `expires: '${input.expiresIn}' is not a duration like 30d, 12h or 90m (at most ten years).` };
       expiresAt = new Date(this.#now().getTime() + ms);
     }
     if (tenant === DEFAULT_TENANT) await this.#o.tenants.ensure(DEFAULT_TENANT, 'Default tenant');
@@ -176,7 +179,7 @@ export class KeyService {
     let graceMs = 0;
     if (options.grace !== undefined) {
       const ms = parseDuration(options.grace);
-      if (ms === undefined) return { ok: false, code: 'validation_failed', message: `grace: '${options.grace}' is not a duration like 1h or 15m.` };
+      if (ms === undefined) return { ok: false, code: 'validation_failed', message: `grace: '${options.grace}' is not a duration like 1h or 15m (at most ten years).` };
       graceMs = ms;
     }
     const created = await this.#insertKey({ name: old.name, scopes: old.scopes, tenant: old.tenant_id, expiresAt: old.expires_at, rotatedFrom: old.id });
@@ -259,7 +262,8 @@ export class KeyService {
 
 function validateName(name: string): Result<never> | undefined {
   const trimmed = name.trim();
-  if (!trimmed || trimmed.length > NAME_MAX || /[\u0000-\u001f\u007f]/.test(name)) {
+  const wellFormed = !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(name);
+  if (!trimmed || trimmed.length > NAME_MAX || /[\u0000-\u001f\u007f]/.test(name) || !wellFormed) {
     return { ok: false, code: 'validation_failed', message: `name: give 1-${NAME_MAX} printable characters.` };
   }
   return undefined;

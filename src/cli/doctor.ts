@@ -7,7 +7,7 @@
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../config/load.js';
-import { encryptionKeyProblems, isLoopbackHost, remoteDatabaseWithoutTls, safetyProblems, secretWeakness } from '../config/safety.js';
+import { databaseTlsProblem, encryptionKeyProblems, isLoopbackHost, safetyProblems, secretWeakness } from '../config/safety.js';
 
 export interface Finding {
   level: 'ok' | 'warn' | 'fail';
@@ -141,9 +141,10 @@ function databaseFindings(config: Config): Finding[] {
   const url = config.database.url;
   if (!url) return [{ level: 'ok', check: 'database.tls', message: `embedded database (PGlite) in ${path.join(config.dataDir, 'db')}; no network involved` }];
   if (!/^postgres(ql)?:\/\//.test(url)) return []; // safetyProblems names the malformed URL.
-  if (remoteDatabaseWithoutTls(url)) {
+  const problem = databaseTlsProblem(url);
+  if (problem) {
     // The URL is never shown: it usually carries the password.
-    const refusal = 'DATABASE_URL: a remote database must be reached with sslmode=require, verify-ca or verify-full';
+    const refusal = `DATABASE_URL: ${problem}`;
     return [
       config.mode === 'production'
         ? { level: 'fail', check: 'database.tls', message: refusal }

@@ -9,7 +9,7 @@ import { ConfigError, type Config, loadConfig } from '../config/load.js';
 import { formatConfigText, maskedConfig } from '../config/print.js';
 import { safetyProblems } from '../config/safety.js';
 import { createLogger, type Logger } from '../http/logger.js';
-import { StartupError, startServer } from '../http/server.js';
+import { type RunningServer, StartupError, startServer } from '../http/server.js';
 import { openDatabase } from '../store/database.js';
 import { prepareDataDir, runningServer } from '../store/data-dir.js';
 import { migrateToLatest } from '../store/migrations.js';
@@ -61,27 +61,37 @@ export function buildProgram(): Command {
       const problems = safetyProblems(cfg);
       if (problems.length) throw new ConfigError(problems);
       const logger = createLogger({ level: cfg.log.level });
-      const server = await startServer(cfg, { logger, say });
+      // Signals are handled from the first moment: one during start-up waits for it to finish
+      // (migrations, spool replay) and then shuts down cleanly.
+      let server: RunningServer | undefined;
+      let starting: Promise<RunningServer> | undefined;
       let stopping = false;
       const stop = (signal: string) => {
         if (stopping) {
           // A second signal means "now": what is still queued goes to the spool, not the database.
-          const spooled = server.runtime.abandon();
+          const spooled = server?.runtime.abandon() ?? 0;
           logger.warn({ signal, spooled }, 'second signal; exiting without draining (queued writes spooled for the next start)');
           process.exit(EXIT.internal);
         }
         stopping = true;
         logger.info({ signal }, 'shutting down');
-        server.close().then(
-          () => process.exit(0),
-          (err: unknown) => {
-            logger.error({ err }, 'shutdown failed');
-            process.exit(EXIT.internal);
-          },
+        // A start that failed reports itself (and its exit code) through the action's error path.
+        starting?.then(
+          (running) =>
+            running.close().then(
+              () => process.exit(0),
+              (err: unknown) => {
+                logger.error({ err }, 'shutdown failed');
+                process.exit(EXIT.internal);
+              },
+            ),
+          () => {},
         );
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
+      starting = startServer(cfg, { logger, say });
+      server = await starting;
       await new Promise<never>(() => {});
     });
 
@@ -171,6 +181,7 @@ export function buildProgram(): Command {
     .option('--admin-url <url>', 'also probe the admin listener')
     .option('--json', 'print JSON')
     .action(async (opts: { url?: string; adminUrl?: string; json?: boolean }) => {
+      if (opts.adminUrl && !opts.url) throw new CliError('--admin-url needs --url (the public listener to probe as well)', EXIT.usage);
       const findings = opts.url
         ? await probeDeployment({ url: opts.url, ...(opts.adminUrl ? { adminUrl: opts.adminUrl } : {}) })
         : localFindings(config());
@@ -193,7 +204,8 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.usage;
     }
     if (err instanceof ConfigError) {
-      say(err.message);
+      // Built to name settings, never their values; masking would garble "X_SECRET: is …".
+      process.stderr.write(`${err.message}\n`);
       return ConfigError.EXIT_CODE;
     }
     if (err instanceof CliError || err instanceof StartupError) {

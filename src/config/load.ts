@@ -98,7 +98,13 @@ export function loadConfig(options: LoadOptions = {}): Config {
   if (!result.success) throw new ConfigError(result.error.issues.map((issue) => describeIssue(issue, env, configFile)));
   const file = result.data;
 
-  const mode: Mode = file.mode ?? (env.NODE_ENV === 'production' ? 'production' : 'development');
+  // Either source saying production means production; a contradiction is refused rather than
+  // resolved towards the weaker mode.
+  const nodeEnvProduction = env.NODE_ENV === 'production';
+  if (file.mode === 'development' && nodeEnvProduction) {
+    throw new ConfigError(['BULWARK_MODE: development contradicts NODE_ENV=production; remove one of them']);
+  }
+  const mode: Mode = file.mode ?? (nodeEnvProduction ? 'production' : 'development');
   const dataDir = path.resolve(cwd, file.dataDir);
   const offRequested = file.auth.mode === 'off';
   const config: Config = {

@@ -28,6 +28,8 @@ function maskNode(value: unknown, path: readonly string[]): unknown {
     for (const [key, child] of Object.entries(value)) copy[key] = maskNode(child, [...path, key]);
     return copy;
   }
+  // Any other URL (the upstream, a webhook) may carry credentials in its userinfo or query.
+  if (typeof value === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return maskConnectionUrl(value);
   return value;
 }
 
@@ -37,8 +39,8 @@ function isSecretPath(dotted: string): boolean {
 }
 
 /**
- * The URL with its password, and any query parameter naming a password (libpq's `password`
- * and `sslpassword`), replaced by `MASK`. A URL that does not parse is masked whole, since we
+ * The URL with its password, and any query parameter whose name suggests a credential
+ * (libpq's `password` and `sslpassword`, `api_key`, `token`, …), replaced by `MASK`. A URL that does not parse is masked whole, since we
  * cannot tell where its password is.
  */
 export function maskConnectionUrl(url: string): string {
@@ -50,7 +52,7 @@ export function maskConnectionUrl(url: string): string {
   }
   if (parsed.password) parsed.password = MASK;
   for (const name of [...new Set(parsed.searchParams.keys())]) {
-    if (/password/i.test(name)) parsed.searchParams.set(name, MASK);
+    if (/password|secret|token|key|auth|signature/i.test(name)) parsed.searchParams.set(name, MASK);
   }
   return parsed.toString();
 }

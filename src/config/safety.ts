@@ -5,6 +5,7 @@
  * Development refuses only what is unsafe anywhere: auth off on a non-loopback listener.
  */
 import { statSync } from 'node:fs';
+import { parse as parseConnectionString } from 'pg-connection-string';
 import type { Config } from './load.js';
 
 /** Values people paste from examples. Compared after lower-casing; also refused as substrings. */
@@ -37,19 +38,38 @@ export function encryptionKeyProblems(keys: readonly string[]): string[] {
   return problems;
 }
 
-/** Whether a PostgreSQL URL reaches another machine without requiring TLS. */
-export function remoteDatabaseWithoutTls(url: string): boolean {
-  let parsed: URL;
+const TLS_SSLMODES = new Set(['require', 'verify-ca', 'verify-full']);
+
+/**
+ * Why a PostgreSQL URL would reach another machine without requiring TLS, or undefined when it
+ * is local or requires TLS. Judged on the host and TLS setting that `pg` itself resolves (a
+ * `?host=` parameter overrides the authority), and refusing the ambiguous forms outright.
+ */
+export function databaseTlsProblem(url: string): string | undefined {
+  let query: URLSearchParams;
   try {
-    parsed = new URL(url);
+    query = new URL(url).searchParams;
   } catch {
-    return false; // reported as malformed elsewhere
+    return undefined; // reported as malformed elsewhere
   }
-  const host = parsed.hostname || parsed.searchParams.get('host') || '';
-  // An empty host or an absolute path is a Unix socket: local.
-  if (host === '' || host.startsWith('/') || isLoopbackHost(host)) return false;
-  const sslmode = parsed.searchParams.get('sslmode');
-  return !(sslmode === 'require' || sslmode === 'verify-ca' || sslmode === 'verify-full');
+  for (const name of ['host', 'sslmode', 'ssl']) {
+    if (query.getAll(name).length > 1) return `the ${name} parameter is given more than once`;
+  }
+  const resolved = parseConnectionString(url);
+  const host = resolved.host ?? '';
+  // No host at all means libpq's PGHOST or default socket, which the URL does not show.
+  if (host === '') return 'name the host explicitly (for a Unix socket: ?host=/var/run/postgresql)';
+  if (host.startsWith('/') || isLoopbackHost(host)) return undefined;
+  const sslmode = query.get('sslmode');
+  if (!sslmode || !TLS_SSLMODES.has(sslmode) || !resolved.ssl) {
+    return 'a remote database must be reached with sslmode=require, verify-ca or verify-full';
+  }
+  return undefined;
+}
+
+/** Whether a PostgreSQL URL reaches another machine (or an unnamed one) without requiring TLS. */
+export function remoteDatabaseWithoutTls(url: string): boolean {
+  return databaseTlsProblem(url) !== undefined;
 }
 
 export interface SafetyOptions {
@@ -119,9 +139,8 @@ export function safetyProblems(config: Config, options: SafetyOptions = {}): str
     const weakness = value === undefined ? undefined : secretWeakness(value);
     if (weakness) problems.push(`${name}: ${weakness}`);
   }
-  if (config.database.url && remoteDatabaseWithoutTls(config.database.url)) {
-    problems.push('DATABASE_URL: a remote database must be reached with sslmode=require, verify-ca or verify-full');
-  }
+  const tlsProblem = config.database.url ? databaseTlsProblem(config.database.url) : undefined;
+  if (tlsProblem) problems.push(`DATABASE_URL: ${tlsProblem}`);
   const mode = statMode(config.credentialsDir);
   if (mode !== undefined && (mode & 0o077) !== 0) {
     problems.push(`BULWARK_CREDENTIALS_DIR: ${config.credentialsDir} is accessible by group or other (mode ${(mode & 0o777).toString(8)}); run chmod 700 on it`);

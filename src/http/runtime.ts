@@ -14,7 +14,7 @@ import { KeyVerifier, type StaticCredential, staticPrincipal } from '../auth/ver
 import type { Config } from '../config/load.js';
 import type { Database } from '../store/database.js';
 import { KeyRepository, TenantRepository } from '../store/repositories.js';
-import { WriteBehind, type WriteBehindReport } from '../store/write-behind.js';
+import { WriteBehind, type WriteBehindReport, isDataError } from '../store/write-behind.js';
 import type { Logger } from './logger.js';
 
 export interface Runtime {
@@ -73,6 +73,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     name: 'last-used',
     spoolDir,
     report,
+    isPermanent: isDataError,
     flushIntervalMs: options.flushIntervalMs ?? 1_000,
     write: async (batch) => {
       const written = new Map<string, string>();
@@ -165,6 +166,9 @@ function reportWriteBehind(logger: Logger, event: WriteBehindReport): void {
       break;
     case 'lost':
       logger.error({ queue: event.queue, count: event.count, reason: event.reason }, 'could not write to the database or the spool; items lost');
+      break;
+    case 'rejected':
+      logger.error({ queue: event.queue, count: event.count, file: event.file, error: event.error }, 'the database refused an item; set aside, not retried');
       break;
     case 'replayed':
       logger.info({ queue: event.queue, count: event.count }, 'replaying writes spooled by an earlier run');

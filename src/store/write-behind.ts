@@ -21,6 +21,18 @@ export interface WriteBehindOptions<T> {
   spoolDir?: string | undefined;
   /** Told about failures: a write that will be retried, or items spooled/lost. */
   report?: (event: WriteBehindReport) => void;
+  /**
+   * Whether an error says the data itself was refused (retrying cannot help), as opposed to the
+   * database being away. Such a batch is split until the refused item is found; that item is
+   * set aside in `<name>.rejected.jsonl` (never replayed) and reported, and the rest go on.
+   */
+  isPermanent?: (err: unknown) => boolean;
+}
+
+/** PostgreSQL SQLSTATE classes 22 (data exception) and 23 (integrity violation): the row itself was refused. */
+export function isDataError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^2[23][0-9A-Z]{3}$/.test(code);
 }
 
 export type WriteBehindReport =
@@ -28,7 +40,8 @@ export type WriteBehindReport =
   | { kind: 'recovered'; queue: string; pending: number }
   | { kind: 'spooled'; queue: string; count: number; file: string }
   | { kind: 'lost'; queue: string; count: number; reason: string }
-  | { kind: 'replayed'; queue: string; count: number };
+  | { kind: 'replayed'; queue: string; count: number }
+  | { kind: 'rejected'; queue: string; count: number; file: string | undefined; error: string };
 
 export interface WriteBehindStats {
   pending: number;
@@ -38,7 +51,10 @@ export interface WriteBehindStats {
 }
 
 export class WriteBehind<T> {
-  readonly #options: Required<Omit<WriteBehindOptions<T>, 'spoolDir' | 'report'>> & Pick<WriteBehindOptions<T>, 'spoolDir' | 'report'>;
+  readonly #options: Required<Omit<WriteBehindOptions<T>, 'spoolDir' | 'report' | 'isPermanent'>> &
+    Pick<WriteBehindOptions<T>, 'spoolDir' | 'report' | 'isPermanent'>;
+  /** The batch size in force: halved while isolating an item the database refuses. */
+  #batchLimit: number;
   #items: T[] = [];
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
@@ -51,6 +67,7 @@ export class WriteBehind<T> {
     if (!Number.isInteger(maxItems) || maxItems < 1) throw new Error(`WriteBehind ${options.name}: maxItems must be a positive integer`);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`WriteBehind ${options.name}: batchSize must be a positive integer`);
     this.#options = { ...options, maxItems, batchSize, flushIntervalMs };
+    this.#batchLimit = batchSize;
   }
 
   get stats(): WriteBehindStats {
@@ -165,7 +182,8 @@ export class WriteBehind<T> {
 
   async #runOnce(): Promise<void> {
     if (this.#running || this.#items.length === 0) return;
-    const batch = this.#items.slice(0, this.#options.batchSize);
+    const batch = this.#items.slice(0, this.#batchLimit);
+    let refused = false;
     this.#running = (async () => {
       try {
         await this.#options.write(batch);
@@ -173,7 +191,19 @@ export class WriteBehind<T> {
         this.#stats.written += batch.length;
         if (this.#attempt > 0) this.#options.report?.({ kind: 'recovered', queue: this.#options.name, pending: this.#items.length });
         this.#attempt = 0;
+        this.#batchLimit = this.#options.batchSize;
       } catch (err) {
+        if (this.#options.isPermanent?.(err)) {
+          refused = true;
+          if (batch.length > 1) {
+            this.#batchLimit = Math.ceil(batch.length / 2);
+          } else {
+            this.#items.splice(0, 1);
+            this.#reject(batch, err);
+            this.#batchLimit = this.#options.batchSize;
+          }
+          return;
+        }
         this.#attempt += 1;
         this.#stats.failedAttempts += 1;
         this.#options.report?.({
@@ -190,7 +220,8 @@ export class WriteBehind<T> {
     })();
     try {
       await this.#running;
-      if (this.#items.length > 0 && !this.#closed) this.#schedule(0);
+      // After a refused batch the split halves are tried at once: the database is there.
+      if (this.#items.length > 0 && (!this.#closed || refused)) this.#schedule(0);
     } catch (err) {
       // Back off: 100 ms doubling to 5 s, while items stay queued in order.
       if (!this.#closed) this.#schedule(Math.min(5_000, 100 * 2 ** Math.min(this.#attempt, 6)));
@@ -200,6 +231,22 @@ export class WriteBehind<T> {
 
   #spoolFile(): string | undefined {
     return this.#options.spoolDir ? path.join(this.#options.spoolDir, `${this.#options.name}.jsonl`) : undefined;
+  }
+
+  #reject(items: T[], err: unknown): void {
+    const file = this.#options.spoolDir ? path.join(this.#options.spoolDir, `${this.#options.name}.rejected.jsonl`) : undefined;
+    let written: string | undefined;
+    if (file) {
+      try {
+        mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+        appendFileSync(file, items.map((i) => `${JSON.stringify(i)}\n`).join(''), { mode: 0o600 });
+        written = file;
+      } catch {
+        written = undefined;
+      }
+    }
+    const error = err instanceof Error ? err.message : String(err);
+    this.#options.report?.({ kind: 'rejected', queue: this.#options.name, count: items.length, file: written, error });
   }
 
   #spool(items: T[], reason: string): void {
