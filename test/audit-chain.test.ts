@@ -115,7 +115,7 @@ describe.each(ENGINES)('audit chain on %s', (engine) => {
     await appendChained(db(), events(4));
     const stored = await rows();
     for (let i = 1; i < stored.length; i++) expect(stored[i]?.prev_hash).toBe(stored[i - 1]?.hash);
-    expect(await verifyChain(db(), 3)).toMatchObject({ ok: true, checked: 8 });
+    expect(await verifyChain(db(), { pageSize: 3 })).toMatchObject({ ok: true, checked: 8 });
   });
 
   it('keeps one valid chain when several appends run concurrently', async () => {
@@ -260,6 +260,39 @@ describe.each(ENGINES)('audit chain on %s', (engine) => {
     await appendChained(db(), [...batch, ...events(1)]);
     expect((await rows()).map((r) => r.id)).toHaveLength(4);
     expect(await verifyChain(db())).toMatchObject({ ok: true, checked: 4 });
+  });
+
+  describe('with the anchor an instance keeps outside the database', () => {
+    it('passes while the anchored row is intact', async () => {
+      const head = await appendChained(db(), events(3));
+      expect(head).toMatchObject({ seq: expect.any(Number), hash: expect.stringMatching(/^[0-9a-f]{64}$/) });
+      expect(await verifyChain(db(), { anchor: head })).toMatchObject({ ok: true, checked: 3 });
+    });
+
+    it('fails when the newest rows are deleted, which the chain alone cannot see', async () => {
+      await appendChained(db(), events(3));
+      const head = await appendChained(db(), events(2));
+      await sql`delete from audit_events where seq >= ${(await rows())[3]!.seq}`.execute(db());
+      expect(await verifyChain(db())).toMatchObject({ ok: true });
+      expect(await verifyChain(db(), { anchor: head })).toMatchObject({ ok: false, badSeq: head!.seq, reason: expect.stringMatching(/missing or was rewritten/) });
+    });
+
+    it('fails when the chain is re-hashed from an edited row onward', async () => {
+      const head = await appendChained(db(), events(4));
+      const stored = await rows();
+      // The attacker edits row 2 and recomputes every hash after it, so the links all fit.
+      await sql`update audit_events set details = '{"forged":true}' where seq = ${stored[1]!.seq}`.execute(db());
+      const all = await tailEvents(db(), { limit: 1000 });
+      let prev = all[0]!.hash;
+      for (const event of all.slice(1)) {
+        const { seq: _s, prevHash: _p, hash: _h, ...content } = event;
+        const hash = chainHash(prev, content);
+        await sql`update audit_events set prev_hash = ${prev}, hash = ${hash} where seq = ${event.seq}`.execute(db());
+        prev = hash;
+      }
+      expect(await verifyChain(db())).toMatchObject({ ok: true });
+      expect(await verifyChain(db(), { anchor: head })).toMatchObject({ ok: false, badSeq: head!.seq });
+    });
   });
 
   describe('tailEvents', () => {

@@ -233,6 +233,8 @@ describe('production mode from the command line', () => {
         ]),
       );
       expect(lines).toHaveLength(3);
+      // Printed as built: naming the setting, never its value, and not garbled by masking.
+      expect(lines).toContain('  - BULWARK_JWT_SECRET: is shorter than 32 bytes');
       expect(result.stderr).not.toContain('changeme');
     } finally {
       rmSync(dataDir, { recursive: true, force: true });

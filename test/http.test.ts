@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tailEvents } from '../src/audit/log.js';
 import { ENGINES } from './helpers/database.js';
-import { type TestBulwark, startTestBulwark } from './helpers/runtime.js';
+import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
+import { runCommonRouteTests } from './helpers/security.js';
 
 async function json(response: Response): Promise<any> {
   return response.json();
@@ -230,6 +231,102 @@ describe.each(ENGINES)('HTTP on %s', (engine) => {
   });
 });
 
+describe('security cases of every authenticated route', () => {
+  let b: TestBulwark;
+  beforeAll(async () => {
+    b = await startTestBulwark('pglite');
+  });
+  afterAll(async () => {
+    await b?.close();
+  });
+  const key = async (scopes: string[]) => (await b.createKey(scopes)).key;
+
+  describe('public listener', () => {
+    runCommonRouteTests([{ method: 'GET', path: '/api/whoami', scope: 'any' }], { app: () => b.publicApp, key });
+  });
+
+  describe('admin listener', () => {
+    runCommonRouteTests(
+      [
+        { method: 'GET', path: '/', scope: 'admin' },
+        { method: 'GET', path: '/api/keys', scope: 'admin' },
+        { method: 'POST', path: '/api/keys', scope: 'admin', body: { name: 'x', scopes: ['read'] } },
+        { method: 'GET', path: '/api/keys/AAAAAAAAAAAAAAAA', scope: 'admin' },
+        { method: 'PATCH', path: '/api/keys/AAAAAAAAAAAAAAAA', scope: 'admin', body: { name: 'y' } },
+        { method: 'POST', path: '/api/keys/AAAAAAAAAAAAAAAA/revoke', scope: 'admin' },
+        { method: 'POST', path: '/api/keys/AAAAAAAAAAAAAAAA/rotate', scope: 'admin' },
+        { method: 'GET', path: '/api/tenants', scope: 'admin' },
+        { method: 'POST', path: '/api/tenants', scope: 'admin', body: { id: 'zz' } },
+        { method: 'GET', path: '/api/audit/events', scope: 'admin' },
+        { method: 'GET', path: '/api/audit/verify', scope: 'admin' },
+      ],
+      { app: () => b.adminApp, key },
+    );
+  });
+});
+
+describe('tenant isolation in key management', () => {
+  let b: TestBulwark;
+  let acmeAdmin: string;
+  let otherKeyId: string;
+  beforeAll(async () => {
+    b = await startTestBulwark('pglite');
+    await b.runtime.keyService.createTenant(OPERATOR, 'acme');
+    acmeAdmin = (await b.createKey(['admin'], { tenant: 'acme' })).key;
+    otherKeyId = (await b.createKey(['read'])).id;
+  });
+  afterAll(async () => {
+    await b?.close();
+  });
+
+  async function deniedEvents() {
+    await b.runtime.auditLog.flush();
+    return tailEvents(b.runtime.database.db, { type: 'authz.denied', limit: 1000 });
+  }
+
+  it('answers another tenant\'s key id with 404 and audits the attempt as a denial', async () => {
+    const response = await b.adminApp.request(`/api/keys/${otherKeyId}`, { headers: { authorization: `Bearer ${acmeAdmin}` } });
+    expect(response.status).toBe(404);
+    const event = (await deniedEvents()).find((e) => e.requestId === response.headers.get('x-request-id'));
+    expect(event).toMatchObject({ tenantId: 'acme', method: 'GET', path: `/api/keys/${otherKeyId}` });
+    expect(event?.details).toMatchObject({ action: 'key.access', reason: 'cross_tenant', targetKeyId: otherKeyId, targetTenant: 'default' });
+  });
+
+  it('refuses a tenant admin creating a key in another tenant with 403, audited', async () => {
+    const response = await b.adminApp.request('/api/keys', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${acmeAdmin}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'sneaky', scopes: ['admin'], tenant: 'default' }),
+    });
+    expect(response.status).toBe(403);
+    const event = (await deniedEvents()).find((e) => e.requestId === response.headers.get('x-request-id'));
+    expect(event?.details).toMatchObject({ action: 'key.create', reason: 'cross_tenant', targetTenant: 'default' });
+  });
+
+  it('refuses a tenant admin creating a tenant or verifying the whole chain with 403, audited', async () => {
+    const headers = { authorization: `Bearer ${acmeAdmin}`, 'content-type': 'application/json' };
+    const tenant = await b.adminApp.request('/api/tenants', { method: 'POST', headers, body: JSON.stringify({ id: 'evil' }) });
+    expect(tenant.status).toBe(403);
+    const verify = await b.adminApp.request('/api/audit/verify', { headers });
+    expect(verify.status).toBe(403);
+    const actions = (await deniedEvents()).map((e) => e.details.action);
+    expect(actions).toEqual(expect.arrayContaining(['tenant.create', 'audit.verify']));
+  });
+
+  it('records key changes made with the admin token as coming from the CLI, with method and path', async () => {
+    const response = await b.adminApp.request('/api/keys', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${b.runtime.adminToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'via cli', scopes: ['read'] }),
+    });
+    expect(response.status).toBe(201);
+    await b.runtime.auditLog.flush();
+    const created = (await tailEvents(b.runtime.database.db, { type: 'key.created', limit: 1000 })).find((e) => e.requestId === response.headers.get('x-request-id'));
+    expect(created).toMatchObject({ method: 'POST', path: '/api/keys' });
+    expect(created?.details).toMatchObject({ via: 'cli', by: { kind: 'operator', keyId: 'admin-token' } });
+  });
+});
+
 describe('authentication off (development on loopback)', () => {
   let b: TestBulwark;
   beforeAll(async () => {
@@ -247,7 +344,9 @@ describe('authentication off (development on loopback)', () => {
     expect(line.warning).toMatch(/AUTHENTICATION IS OFF/);
   });
 
-  it('still requires a login on the admin listener', async () => {
+  it('still requires a login on the admin listener, whose lines carry the warning too', async () => {
     expect((await b.adminApp.request('/api/keys')).status).toBe(401);
+    const line = b.logs.map((l) => JSON.parse(l)).find((l) => l.listener === 'admin' && l.path === '/api/keys');
+    expect(line.warning).toMatch(/AUTHENTICATION IS OFF/);
   });
 });

@@ -235,6 +235,22 @@ describe.each(ENGINES)('KeyVerifier on %s', (engine) => {
     expect(used).toEqual([created.id]);
   });
 
+  it('does not cache a row whose lookup was in flight when the key was revoked', async () => {
+    const created = await createKey();
+    const verifier = new KeyVerifier({ keys, hasher, cacheMs: 60_000 });
+    const inFlight = verifier.verify(created.key);
+    verifier.invalidate(created.id);
+    await keys.revoke(created.id, new Date());
+    await inFlight;
+    expect(await verifier.verify(created.key)).toMatchObject({ ok: false, reason: 'revoked' });
+  });
+
+  it('refuses a key of the other environment when a prefix is required', async () => {
+    const created = await createKey();
+    const production = new KeyVerifier({ keys, hasher, prefix: 'bwk_live_' });
+    expect(await production.verify(created.key)).toMatchObject({ ok: false, reason: 'wrong_environment', keyId: created.id });
+  });
+
   it('refuses a wrong secret, a wrong prefix, an unknown id and a non-key, without calling onKeyUsed', async () => {
     const created = await createKey();
     const used: string[] = [];

@@ -288,7 +288,14 @@ describe.each(ENGINES)('store on %s', (engine) => {
       expect(await service.createKey(outsider, { name: 'x', scopes: ['read'], tenant: 'acme' })).toMatchObject({ ok: false, code: 'forbidden' });
       expect(await service.createTenant(outsider, 'newco')).toMatchObject({ ok: false, code: 'forbidden' });
       expect((await keys.findById(created.id))?.revoked_at).toBeNull();
-      expect(audited.map((e) => e.type)).toEqual(['key.created']);
+      // Nothing changed, and every refused attempt is an audited authorization failure.
+      expect(audited.map((e) => e.type)).toEqual(['key.created', 'authz.denied', 'authz.denied', 'authz.denied', 'authz.denied']);
+      expect(audited.slice(1).map((e) => [e.tenantId, e.keyId, e.details?.action])).toEqual([
+        ['other', 'kx', 'key.access'],
+        ['other', 'kx', 'key.access'],
+        ['other', 'kx', 'key.create'],
+        ['other', 'kx', 'tenant.create'],
+      ]);
     });
 
     it('creates a tenant once, then reports conflict, and audits the creation', async () => {

@@ -177,8 +177,10 @@ describe('WriteBehind', () => {
     const next = queue(store, { spoolDir });
     expect(next.q.replaySpool()).toBe(2);
     expect(existsSync(file)).toBe(false);
-    expect(readdirSync(spoolDir)).toEqual([]);
+    // The claimed file stays until its items are written, so a crash now would lose nothing.
+    expect(readdirSync(spoolDir)).toEqual([expect.stringMatching(/^test\.jsonl\.replaying-\d+-0$/)]);
     await next.q.flush();
+    expect(readdirSync(spoolDir)).toEqual([]);
     expect(store.written).toEqual([1, 2, 3, 4, 5]);
     expect(next.reports).toContainEqual({ kind: 'replayed', queue: 'test', count: 2 });
     expect(next.q.replaySpool()).toBe(0);

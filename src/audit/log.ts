@@ -6,7 +6,9 @@
  * Events are recorded off the request path through the write-behind queue.
  */
 import { createHash, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { type Kysely, type Selectable, sql } from 'kysely';
+import { writePrivateFile } from '../store/data-dir.js';
 import type { AuditEventsTable, Tables } from '../store/tables.js';
 import { WriteBehind, type WriteBehindReport, isDataError } from '../store/write-behind.js';
 import { maskDeep, maskSecrets } from './mask.js';
@@ -109,14 +111,14 @@ export function chainHash(prevHash: string, event: AuditEvent): string {
  * skipped, so a batch whose first write was confirmed too late (or replayed from the spool)
  * is written once.
  */
-export async function appendChained(db: Kysely<Tables>, batch: readonly AuditEvent[]): Promise<void> {
-  if (batch.length === 0) return;
-  await db.transaction().execute(async (tx) => {
+export async function appendChained(db: Kysely<Tables>, batch: readonly AuditEvent[]): Promise<ChainHead | undefined> {
+  if (batch.length === 0) return undefined;
+  return db.transaction().execute(async (tx) => {
     await sql`select pg_advisory_xact_lock(${sql.lit(CHAIN_LOCK.toString())}::bigint)`.execute(tx);
     const stored = await tx.selectFrom('audit_events').select('id').where('id', 'in', batch.map((e) => e.id)).execute();
     const seen = new Set(stored.map((r) => r.id));
     const events = batch.filter((e) => !seen.has(e.id));
-    if (events.length === 0) return;
+    if (events.length === 0) return undefined;
     const last = await tx.selectFrom('audit_events').select('hash').orderBy('seq', 'desc').limit(1).executeTakeFirst();
     let prevHash = last?.hash ?? GENESIS_HASH;
     const rows = events.map((event) => {
@@ -140,8 +142,16 @@ export async function appendChained(db: Kysely<Tables>, batch: readonly AuditEve
       prevHash = hash;
       return row;
     });
-    await tx.insertInto('audit_events').values(rows).execute();
+    const inserted = await tx.insertInto('audit_events').values(rows).returning(['seq', 'hash']).execute();
+    const newest = inserted.reduce((a, b) => (Number(b.seq) > Number(a.seq) ? b : a));
+    return { seq: Number(newest.seq), hash: newest.hash };
   });
+}
+
+/** The newest row an instance wrote; kept outside the database as an anchor for `verifyChain`. */
+export interface ChainHead {
+  seq: number;
+  hash: string;
 }
 
 type AuditRow = Selectable<AuditEventsTable>;
@@ -175,11 +185,18 @@ export type VerifyResult =
   | { ok: true; checked: number; head: string }
   | { ok: false; checked: number; badSeq: number; badId: string; reason: string };
 
-/** Walks the whole chain in pages and stops at the first row that does not fit. */
-export async function verifyChain(db: Kysely<Tables>, pageSize = 1_000): Promise<VerifyResult> {
+/**
+ * Walks the whole chain in pages and stops at the first row that does not fit. With an anchor
+ * (a row this instance wrote, recorded outside the database), it also fails when that row is
+ * gone or different: what the chain alone cannot see, deletion of the newest rows or a chain
+ * rewritten with fresh hashes from some row on.
+ */
+export async function verifyChain(db: Kysely<Tables>, options: { anchor?: ChainHead | undefined; pageSize?: number } = {}): Promise<VerifyResult> {
+  const { anchor, pageSize = 1_000 } = options;
   let prevHash = GENESIS_HASH;
   let afterSeq = 0;
   let checked = 0;
+  let anchorSeen = false;
   for (;;) {
     const rows: AuditRow[] = await db
       .selectFrom('audit_events')
@@ -188,7 +205,18 @@ export async function verifyChain(db: Kysely<Tables>, pageSize = 1_000): Promise
       .orderBy('seq')
       .limit(pageSize)
       .execute();
-    if (rows.length === 0) return { ok: true, checked, head: prevHash };
+    if (rows.length === 0) {
+      if (anchor && !anchorSeen) {
+        return {
+          ok: false,
+          checked,
+          badSeq: anchor.seq,
+          badId: '(anchor)',
+          reason: `the event this instance last wrote (#${anchor.seq}) is missing or was rewritten (rows were deleted, or the chain re-hashed)`,
+        };
+      }
+      return { ok: true, checked, head: prevHash };
+    }
     for (const row of rows) {
       const event = fromRow(row);
       if (event.prevHash !== prevHash) {
@@ -197,6 +225,7 @@ export async function verifyChain(db: Kysely<Tables>, pageSize = 1_000): Promise
       if (chainHash(prevHash, contentOf(event)) !== event.hash) {
         return { ok: false, checked, badSeq: event.seq, badId: event.id, reason: 'its content does not match its hash (the row was edited)' };
       }
+      if (anchor && event.seq === anchor.seq) anchorSeen = event.hash === anchor.hash;
       prevHash = event.hash;
       afterSeq = event.seq;
       checked += 1;
@@ -225,6 +254,8 @@ export async function tailEvents(db: Kysely<Tables>, options: TailOptions = {}):
 
 export interface AuditLogOptions {
   spoolDir?: string | undefined;
+  /** Where to record the newest row this instance wrote (mode 600), the anchor for verify. */
+  anchorFile?: string | undefined;
   report?: (event: WriteBehindReport) => void;
   flushIntervalMs?: number;
 }
@@ -236,7 +267,10 @@ export class AuditLog {
   constructor(db: Kysely<Tables>, options: AuditLogOptions = {}) {
     this.#queue = new WriteBehind<AuditEvent>({
       name: 'audit',
-      write: (batch) => appendChained(db, batch),
+      write: async (batch) => {
+        const head = await appendChained(db, batch);
+        if (head && options.anchorFile) writePrivateFile(options.anchorFile, `${JSON.stringify(head)}\n`);
+      },
       isPermanent: isDataError,
       spoolDir: options.spoolDir,
       report: options.report,
@@ -269,4 +303,36 @@ export class AuditLog {
   abandon(): number {
     return this.#queue.abandon();
   }
+}
+
+/** Reading the audit trail, as routes and the CLI see it: queued events are flushed first. */
+export interface AuditReader {
+  tail(options: TailOptions): Promise<StoredAuditEvent[]>;
+  verify(): Promise<VerifyResult>;
+}
+
+/** The anchor an AuditLog recorded, if any. */
+export function readAnchor(file: string | undefined): ChainHead | undefined {
+  if (!file) return undefined;
+  try {
+    const head = JSON.parse(readFileSync(file, 'utf8')) as ChainHead;
+    return Number.isInteger(head.seq) && typeof head.hash === 'string' ? head : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function createAuditReader(db: Kysely<Tables>, log: AuditLog, anchorFile?: string): AuditReader {
+  // A flush that fails (database away) must not hide what is already stored.
+  const flushed = () => log.flush().catch(() => {});
+  return {
+    async tail(options) {
+      await flushed();
+      return tailEvents(db, options);
+    },
+    async verify() {
+      await flushed();
+      return verifyChain(db, { anchor: readAnchor(anchorFile) });
+    },
+  };
 }

@@ -45,6 +45,8 @@ export interface Actor {
   ip?: string | undefined;
   userAgent?: string | undefined;
   requestId?: string | undefined;
+  method?: string | undefined;
+  path?: string | undefined;
 }
 
 export interface CreateKeyInput {
@@ -116,6 +118,7 @@ export class KeyService {
     const invalid = this.#validateKeyInput(input.name, input.scopes, tenant);
     if (invalid) return invalid;
     if (!crossesTenants(actor.principal) && tenant !== actor.principal.tenant) {
+      this.#denied(actor, 'key.create', { reason: 'cross_tenant', targetTenant: tenant });
       return { ok: false, code: 'forbidden', message: `A key of tenant '${actor.principal.tenant}' cannot create keys for another tenant.` };
     }
     let expiresAt: Date | null = null;
@@ -182,9 +185,13 @@ export class KeyService {
       if (ms === undefined) return { ok: false, code: 'validation_failed', message: `grace: '${options.grace}' is not a duration like 1h or 15m (at most ten years).` };
       graceMs = ms;
     }
-    const created = await this.#insertKey({ name: old.name, scopes: old.scopes, tenant: old.tenant_id, expiresAt: old.expires_at, rotatedFrom: old.id });
-    if (graceMs > 0) await this.#o.keys.expireBy(old.id, new Date(now.getTime() + graceMs));
-    else await this.#o.keys.revoke(old.id, now);
+    // One transaction: a failure can never leave both the old and an unseen new key valid.
+    const created = await this.#o.keys.transaction(async (keys) => {
+      const fresh = await this.#insertKey({ name: old.name, scopes: old.scopes, tenant: old.tenant_id, expiresAt: old.expires_at, rotatedFrom: old.id }, keys);
+      if (graceMs > 0) await keys.expireBy(old.id, new Date(now.getTime() + graceMs));
+      else await keys.revoke(old.id, now);
+      return fresh;
+    });
     this.#o.onKeyInvalidated?.(old.id);
     const previous = await this.#o.keys.findById(old.id);
     this.#audit(actor, 'key.rotated', old.id, old.tenant_id, { newKeyId: created.id, graceSeconds: graceMs / 1000 });
@@ -192,7 +199,10 @@ export class KeyService {
   }
 
   async createTenant(actor: Actor, id: string, name?: string): Promise<Result<TenantView>> {
-    if (!crossesTenants(actor.principal)) return { ok: false, code: 'forbidden', message: 'Only an operator can create tenants.' };
+    if (!crossesTenants(actor.principal)) {
+      this.#denied(actor, 'tenant.create', { reason: 'operator_only', targetTenant: id.slice(0, 63) });
+      return { ok: false, code: 'forbidden', message: 'Only an operator can create tenants.' };
+    }
     if (!TENANT_ID.test(id)) {
       return { ok: false, code: 'validation_failed', message: 'tenant: use 1-63 lower-case letters, digits, - or _, starting with a letter or digit.' };
     }
@@ -211,9 +221,12 @@ export class KeyService {
     return { ok: true, value: visible.map((r) => ({ id: r.id, name: r.name, createdAt: new Date(r.created_at).toISOString() })) };
   }
 
-  async #insertKey(input: { name: string; scopes: readonly string[]; tenant: string; expiresAt: Date | null; rotatedFrom: string | null }): Promise<CreatedKey> {
+  async #insertKey(
+    input: { name: string; scopes: readonly string[]; tenant: string; expiresAt: Date | null; rotatedFrom: string | null },
+    keys: KeyRepository = this.#o.keys,
+  ): Promise<CreatedKey> {
     const generated = generateKey(this.#o.prefix);
-    const row = await this.#o.keys.insert({
+    const row = await keys.insert({
       id: generated.id,
       tenantId: input.tenant,
       name: input.name,
@@ -231,8 +244,12 @@ export class KeyService {
     if (!/^[0-9A-Za-z]{1,64}$/.test(id)) return undefined;
     const row = await this.#o.keys.findById(id);
     if (!row) return undefined;
-    // Another tenant's key is reported as missing, so ids cannot be probed across tenants.
-    if (!crossesTenants(actor.principal) && row.tenant_id !== actor.principal.tenant) return undefined;
+    // Another tenant's key is reported as missing, so ids cannot be probed across tenants; the
+    // attempt is still an authorization failure, and audited as one.
+    if (!crossesTenants(actor.principal) && row.tenant_id !== actor.principal.tenant) {
+      this.#denied(actor, 'key.access', { reason: 'cross_tenant', targetKeyId: row.id, targetTenant: row.tenant_id });
+      return undefined;
+    }
     return row;
   }
 
@@ -255,9 +272,31 @@ export class KeyService {
       ip: actor.ip,
       userAgent: actor.userAgent,
       requestId: actor.requestId,
+      method: actor.method,
+      path: actor.path,
       details: { ...details, by: { kind: actor.principal.kind, keyId: actor.principal.keyId, tenant: actor.principal.tenant }, via: actor.via },
     });
   }
+
+  #denied(actor: Actor, action: string, details: Record<string, unknown>): void {
+    this.#o.audit(deniedEvent(actor, action, details));
+  }
+}
+
+/** An authorization failure in management: the event names the caller; details name the action and target. */
+export function deniedEvent(actor: Actor, action: string, details: Record<string, unknown>): AuditEventInput {
+  return {
+    type: 'authz.denied',
+    outcome: 'denied',
+    tenantId: actor.principal.tenant,
+    keyId: actor.principal.keyId,
+    ip: actor.ip,
+    userAgent: actor.userAgent,
+    requestId: actor.requestId,
+    method: actor.method,
+    path: actor.path,
+    details: { action, ...details, via: actor.via },
+  };
 }
 
 function validateName(name: string): Result<never> | undefined {

@@ -12,7 +12,7 @@ import type { KeyRepository, KeyRow } from '../store/repositories.js';
 import { type KeyHasher, parseKey } from './keys.js';
 import { DEFAULT_TENANT, type Principal } from './principal.js';
 
-export type AuthFailureReason = 'unknown_key' | 'wrong_secret' | 'expired' | 'revoked' | 'not_a_key';
+export type AuthFailureReason = 'unknown_key' | 'wrong_secret' | 'wrong_environment' | 'expired' | 'revoked' | 'not_a_key';
 
 /** Why a credential was refused. The reason is for the audit log; clients all get one message. */
 export interface AuthFailure {
@@ -41,6 +41,11 @@ export interface KeyVerifierOptions {
   onKeyUsed?: (keyId: string, at: Date) => void;
   now?: () => number;
   maxCacheEntries?: number;
+  /**
+   * The only key prefix accepted (`bwk_live_` in production, `bwk_test_` elsewhere), so a test
+   * key made against a shared database never opens a production deployment.
+   */
+  prefix?: string;
 }
 
 interface CacheEntry {
@@ -57,6 +62,9 @@ export class KeyVerifier {
   readonly #onKeyUsed: ((keyId: string, at: Date) => void) | undefined;
   readonly #now: () => number;
   readonly #cache = new Map<string, CacheEntry>();
+  /** Bumped by `invalidate`, so a lookup that was in flight during a revocation is not cached. */
+  readonly #generations = new Map<string, number>();
+  readonly #prefix: string | undefined;
 
   constructor(options: KeyVerifierOptions) {
     const { cacheMs = 500, maxCacheEntries = 10_000 } = options;
@@ -68,6 +76,7 @@ export class KeyVerifier {
     this.#static = (options.staticCredentials ?? []).map((c) => ({ digest: sha256(c.secret), principal: c.principal }));
     this.#onKeyUsed = options.onKeyUsed;
     this.#now = options.now ?? Date.now;
+    this.#prefix = options.prefix;
   }
 
   async verify(presented: string): Promise<VerifyResult> {
@@ -82,6 +91,9 @@ export class KeyVerifier {
     }
     if (row.prefix !== parsed.prefix || !this.#hasher.verify(parsed.secret, row.key_hash, row.hash_alg)) {
       return { ok: false, reason: 'wrong_secret', keyId: row.id, tenant: row.tenant_id };
+    }
+    if (this.#prefix && parsed.prefix !== this.#prefix) {
+      return { ok: false, reason: 'wrong_environment', keyId: row.id, tenant: row.tenant_id };
     }
     const now = this.#now();
     if (row.revoked_at && row.revoked_at.getTime() <= now) return { ok: false, reason: 'revoked', keyId: row.id, tenant: row.tenant_id };
@@ -104,6 +116,7 @@ export class KeyVerifier {
   /** Drops a key from the cache; the next request looks it up again. */
   invalidate(keyId: string): void {
     this.#cache.delete(keyId);
+    this.#generations.set(keyId, (this.#generations.get(keyId) ?? 0) + 1);
   }
 
   #verifyStatic(presented: string): VerifyResult {
@@ -121,8 +134,9 @@ export class KeyVerifier {
     const now = this.#now();
     const cached = this.#cache.get(id);
     if (cached && now - cached.fetchedAt < this.#cacheMs) return cached.row;
+    const generation = this.#generations.get(id);
     const row = await this.#keys.findById(id);
-    if (row && this.#cacheMs > 0) {
+    if (row && this.#cacheMs > 0 && this.#generations.get(id) === generation) {
       this.#cache.delete(id);
       this.#cache.set(id, { row, fetchedAt: now });
       if (this.#cache.size > this.#maxEntries) this.#cache.delete(this.#cache.keys().next().value as string);

@@ -5,7 +5,6 @@
  * `KeyService`, so behaviour and audit events are identical.
  */
 import type { StoredAuditEvent, TailOptions, VerifyResult } from '../audit/log.js';
-import { tailEvents, verifyChain } from '../audit/log.js';
 import type { CreateKeyInput, CreatedKey, FailureCode, KeyView, Result, TenantView } from '../auth/key-service.js';
 import { staticPrincipal } from '../auth/verify.js';
 import type { Config } from '../config/load.js';
@@ -98,13 +97,11 @@ export class LocalOperations implements Operations {
   listTenants() {
     return this.runtime.keyService.listTenants(CLI_ACTOR);
   }
-  async auditTail(options: TailOptions) {
-    await this.runtime.auditLog.flush();
-    return tailEvents(this.runtime.database.db, options);
+  auditTail(options: TailOptions) {
+    return this.runtime.auditReader.tail(options);
   }
-  async auditVerify() {
-    await this.runtime.auditLog.flush();
-    return verifyChain(this.runtime.database.db);
+  auditVerify() {
+    return this.runtime.auditReader.verify();
   }
   async close() {
     const unwritten = await this.runtime.drain(5_000);

@@ -43,12 +43,14 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
 
 /** The admin listener: admin API and readiness. Always authenticated, even with BULWARK_AUTH=off. */
 export function createAdminApp(runtime: Runtime): Hono<BulwarkEnv> {
-  const app = baseApp(runtime, 'admin', false);
+  // The admin listener always authenticates, but its lines carry the warning too: the
+  // deployment as a whole is running with the public side open.
+  const app = baseApp(runtime, 'admin', !runtime.config.auth.enabled);
 
   app.route('/', readinessRoutes(runtime.database));
 
   app.use('*', authenticate({ verifier: runtime.adminVerifier, audit: runtime.audit, required: true }));
   app.use('*', requireScope('admin', { audit: runtime.audit }));
-  app.route('/', adminApiRoutes({ keyService: runtime.keyService, database: runtime.database, flushAudit: () => runtime.auditLog.flush() }));
+  app.route('/', adminApiRoutes({ keyService: runtime.keyService, auditReader: runtime.auditReader, audit: runtime.audit }));
   return app;
 }

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { AuditLog, type AuditEventInput } from '../audit/log.js';
+import { AuditLog, type AuditEventInput, type AuditReader, createAuditReader } from '../audit/log.js';
 import { KeyService } from '../auth/key-service.js';
 import { type KeyPrefix, createKeyHasher } from '../auth/keys.js';
 import { DEFAULT_TENANT } from '../auth/principal.js';
@@ -25,6 +25,7 @@ export interface Runtime {
   readonly tenants: TenantRepository;
   readonly keyService: KeyService;
   readonly auditLog: AuditLog;
+  readonly auditReader: AuditReader;
   /** Verifies callers of the public listener: store keys and the bootstrap key. */
   readonly publicVerifier: KeyVerifier;
   /** Verifies callers of the admin listener: the above plus the admin token and admin key. */
@@ -35,6 +36,8 @@ export interface Runtime {
   audit(event: AuditEventInput): void;
   /** Writes everything queued now (audit events, last-used times); rejects while the database is away. */
   flush(): Promise<void>;
+  /** Re-queues what earlier runs spooled (audit events, last-use times). Call once at start. */
+  replaySpools(): number;
   /** Spools queued writes synchronously for an immediate exit; they are replayed at the next start. */
   abandon(): number;
   /** Drains queued writes (audit, last-used) within the deadline; returns how many could not be written. */
@@ -61,7 +64,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const keys = new KeyRepository(database.db);
   const tenants = new TenantRepository(database.db);
   const hasher = createKeyHasher(config.secrets.keyHashSecret);
-  const auditLog = new AuditLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  const anchorFile = path.join(config.dataDir, 'audit-head.json');
+  const auditLog = new AuditLog(database.db, { spoolDir, anchorFile, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
   const audit = (event: AuditEventInput) => {
     auditLog.record(event);
   };
@@ -107,14 +111,15 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       : []),
   ];
   const cacheMs = config.auth.keyCacheMs;
-  const publicVerifier = new KeyVerifier({ keys, hasher, cacheMs, staticCredentials: bootstrap, onKeyUsed });
-  const adminVerifier = new KeyVerifier({ keys, hasher, cacheMs, staticCredentials: [...bootstrap, ...operators], onKeyUsed });
+  const prefix = keyPrefixFor(config);
+  const publicVerifier = new KeyVerifier({ keys, hasher, cacheMs, prefix, staticCredentials: bootstrap, onKeyUsed });
+  const adminVerifier = new KeyVerifier({ keys, hasher, cacheMs, prefix, staticCredentials: [...bootstrap, ...operators], onKeyUsed });
 
   const keyService = new KeyService({
     keys,
     tenants,
     hasher,
-    prefix: keyPrefixFor(config),
+    prefix,
     audit,
     onKeyInvalidated: (id) => {
       publicVerifier.invalidate(id);
@@ -130,6 +135,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     tenants,
     keyService,
     auditLog,
+    auditReader: createAuditReader(database.db, auditLog, anchorFile),
     publicVerifier,
     adminVerifier,
     adminToken,
@@ -140,6 +146,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     },
     abandon() {
       return auditLog.abandon() + lastUsed.abandon();
+    },
+    replaySpools() {
+      return auditLog.replaySpool() + lastUsed.replaySpool();
     },
     async drain(deadlineMs = 5_000) {
       const [a, b] = await Promise.all([auditLog.close(deadlineMs), lastUsed.close(deadlineMs)]);

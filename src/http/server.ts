@@ -85,7 +85,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
   }
 
   const runtime = createRuntime({ config, logger, database, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
-  runtime.auditLog.replaySpool();
+  runtime.replaySpools();
   await ensureDefaultTenant(runtime);
 
   const servers: Server[] = [];

@@ -77,3 +77,42 @@ export function unpublishServer(dir: string): void {
   rmSync(path.join(dir, INFO_FILE), { force: true });
   rmSync(path.join(dir, TOKEN_FILE), { force: true });
 }
+
+/** The embedded database is held by another live process. */
+export class DatabaseInUseError extends Error {
+  readonly pid: number;
+  constructor(pid: number, dir: string) {
+    super(`the embedded database in ${dir} is in use by process ${pid} (a server, or another bulwark command); try again when it has finished`);
+    this.name = 'DatabaseInUseError';
+    this.pid = pid;
+  }
+}
+
+/**
+ * Takes the embedded database's exclusive lock (`<dir>/db.lock`, holding our pid), taking over
+ * a lock whose process is gone. PGlite is one process's database: two processes on one data
+ * dir would corrupt it. Returns the release function.
+ */
+export function lockEmbeddedDatabase(dir: string): () => void {
+  const file = path.join(dir, 'db.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      return () => {
+        try {
+          if (readFileSync(file, 'utf8').trim() === String(process.pid)) rmSync(file, { force: true });
+        } catch {
+          // already gone
+        }
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = Number(readFileSync(file, 'utf8').trim());
+      if (Number.isInteger(holder) && holder > 0 && isProcessAlive(holder)) {
+        throw new DatabaseInUseError(holder, dir);
+      }
+      rmSync(file, { force: true }); // stale: its process is gone
+    }
+  }
+  throw new Error(`could not take the lock ${file}`);
+}

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
+import { lockEmbeddedDatabase } from './data-dir.js';
 import { PGliteDialect } from './pglite-dialect.js';
 import type { Tables } from './tables.js';
 
@@ -48,6 +49,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
 async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise<Database> {
   let pglite: PGlite;
   let location: string;
+  let release = () => {};
   if (options.memory) {
     pglite = new PGlite();
     location = 'embedded (memory)';
@@ -56,10 +58,16 @@ async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise
     const dir = path.join(options.dataDir, 'db');
     mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    release = lockEmbeddedDatabase(options.dataDir);
     pglite = new PGlite(dir);
     location = `embedded (${dir})`;
   }
-  await pglite.waitReady;
+  try {
+    await pglite.waitReady;
+  } catch (err) {
+    release();
+    throw err;
+  }
   if (schema !== 'public') {
     await pglite.exec(`create schema if not exists ${schema}; set search_path to ${schema}`);
   }
@@ -75,6 +83,7 @@ async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise
     async close() {
       await db.destroy();
       if (!pglite.closed) await pglite.close();
+      release();
     },
   };
 }

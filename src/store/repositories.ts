@@ -51,6 +51,11 @@ export class TenantRepository {
 export class KeyRepository {
   constructor(private readonly db: Kysely<Tables>) {}
 
+  /** Runs `work` in one transaction, with a repository bound to it. */
+  async transaction<T>(work: (keys: KeyRepository) => Promise<T>): Promise<T> {
+    return this.db.transaction().execute((tx) => work(new KeyRepository(tx)));
+  }
+
   /** The one indexed lookup a request needs: by public key id. */
   async findById(id: string): Promise<KeyRow | undefined> {
     return this.db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirst();

@@ -55,6 +55,9 @@ export class WriteBehind<T> {
     Pick<WriteBehindOptions<T>, 'spoolDir' | 'report' | 'isPermanent'>;
   /** The batch size in force: halved while isolating an item the database refuses. */
   #batchLimit: number;
+  /** Spool files this process is replaying, and how many of their items are not yet written. */
+  #claims: string[] = [];
+  #claimedPending = 0;
   #items: T[] = [];
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
@@ -116,6 +119,7 @@ export class WriteBehind<T> {
     }
     const left = this.#items.splice(0);
     if (left.length) this.#spool(left, 'shutdown deadline passed while the database was away');
+    this.#consumed(this.#claimedPending); // anything replayed and unwritten is in the new spool now
     return left.length;
   }
 
@@ -125,12 +129,15 @@ export class WriteBehind<T> {
     clearTimeout(this.#timer);
     const left = this.#items.splice(0);
     if (left.length) this.#spool(left, 'process exiting without draining');
+    this.#consumed(this.#claimedPending);
     return left.length;
   }
 
   /**
-   * Re-queues items a previous run spooled, including a file an earlier replay claimed but did
-   * not finish (its process died). Call once at start, before serving.
+   * Re-queues items a previous run spooled, ahead of anything queued since, including a file an
+   * earlier replay claimed but did not finish (its process died). A claimed file is removed only
+   * once its items are written (or spooled again at shutdown), so a crash in between loses
+   * nothing; a write that repeats is the writer's to make idempotent. Call once at start.
    */
   replaySpool(): number {
     const file = this.#spoolFile();
@@ -139,34 +146,44 @@ export class WriteBehind<T> {
     const base = path.basename(file);
     const orphans = existsSync(dir)
       ? readdirSync(dir).filter((name) => {
-          const pid = Number(/\.replaying-(\d+)$/.exec(name)?.[1]);
+          const pid = Number(/\.replaying-(\d+)(?:-\d+)?$/.exec(name)?.[1]);
           return name.startsWith(`${base}.replaying-`) && pid !== process.pid && !(Number.isInteger(pid) && pid > 0 && isProcessAlive(pid));
         })
       : [];
     const sources = [...orphans.map((name) => path.join(dir, name)), ...(existsSync(file) ? [file] : [])];
-    let count = 0;
+    const replayed: T[] = [];
     for (const source of sources) {
-      const claimed = `${file}.replaying-${process.pid}`;
+      const claimed = `${file}.replaying-${process.pid}-${this.#claims.length}`;
       renameSync(source, claimed);
-      const items = readFileSync(claimed, 'utf8')
-        .split('\n')
-        .filter(Boolean)
-        .flatMap((line) => {
-          try {
-            return [JSON.parse(line) as T];
-          } catch {
-            return [];
-          }
-        });
-      for (const item of items) this.#items.push(item);
-      rmSync(claimed);
-      count += items.length;
+      this.#claims.push(claimed);
+      for (const line of readFileSync(claimed, 'utf8').split('\n')) {
+        if (!line) continue;
+        try {
+          replayed.push(JSON.parse(line) as T);
+        } catch {
+          // a torn last line from a crash mid-append: skip it
+        }
+      }
     }
-    if (count) {
-      this.#options.report?.({ kind: 'replayed', queue: this.#options.name, count });
+    this.#items.unshift(...replayed);
+    this.#claimedPending += replayed.length;
+    this.#releaseClaimsIfDone();
+    if (replayed.length) {
+      this.#options.report?.({ kind: 'replayed', queue: this.#options.name, count: replayed.length });
       this.#schedule(0);
     }
-    return count;
+    return replayed.length;
+  }
+
+  /** Counts items taken off the front of the queue (written or set aside) against the claims. */
+  #consumed(count: number): void {
+    this.#claimedPending = Math.max(0, this.#claimedPending - count);
+    this.#releaseClaimsIfDone();
+  }
+
+  #releaseClaimsIfDone(): void {
+    if (this.#claimedPending > 0) return;
+    for (const claimed of this.#claims.splice(0)) rmSync(claimed, { force: true });
   }
 
   #schedule(delayMs: number): void {
@@ -189,6 +206,7 @@ export class WriteBehind<T> {
         await this.#options.write(batch);
         this.#items.splice(0, batch.length);
         this.#stats.written += batch.length;
+        this.#consumed(batch.length);
         if (this.#attempt > 0) this.#options.report?.({ kind: 'recovered', queue: this.#options.name, pending: this.#items.length });
         this.#attempt = 0;
         this.#batchLimit = this.#options.batchSize;
@@ -200,6 +218,7 @@ export class WriteBehind<T> {
           } else {
             this.#items.splice(0, 1);
             this.#reject(batch, err);
+            this.#consumed(1);
             this.#batchLimit = this.#options.batchSize;
           }
           return;

@@ -5,12 +5,11 @@
  */
 import { Hono } from 'hono';
 import { z } from 'zod';
-import { type StoredAuditEvent, tailEvents, verifyChain } from '../../audit/log.js';
-import type { Actor, FailureCode, KeyService, Result } from '../../auth/key-service.js';
+import type { AuditEventInput, AuditReader, StoredAuditEvent } from '../../audit/log.js';
+import { type Actor, type FailureCode, type KeyService, type Result, deniedEvent } from '../../auth/key-service.js';
 import { crossesTenants } from '../../auth/principal.js';
 import { SCOPE_PATTERN } from '../../config/schema.js';
-import type { Database } from '../../store/database.js';
-import { clientIp } from '../client-info.js';
+import { clientIp, requestPath } from '../client-info.js';
 import type { BulwarkEnv } from '../context.js';
 import { ApiError, type ErrorCode } from '../errors.js';
 import { readJson, readQuery } from '../validate.js';
@@ -29,7 +28,17 @@ function unwrap<T>(result: Result<T>): T {
 }
 
 function actorOf(c: Context<BulwarkEnv>): Actor {
-  return { principal: c.get('principal'), via: 'admin-api', ip: clientIp(c), userAgent: c.req.header('user-agent'), requestId: c.get('requestId') };
+  const principal = c.get('principal');
+  return {
+    principal,
+    // The admin token lives in the data dir (mode 600) and only the CLI reads it.
+    via: principal.keyId === 'admin-token' ? 'cli' : 'admin-api',
+    ip: clientIp(c),
+    userAgent: c.req.header('user-agent'),
+    requestId: c.get('requestId'),
+    method: c.req.method,
+    path: requestPath(c),
+  };
 }
 
 const KeyId = z.string().regex(/^[0-9A-Za-z]{1,64}$/, 'is not a key id');
@@ -51,13 +60,12 @@ const TailQuery = z.strictObject({
 
 export interface AdminApiOptions {
   keyService: KeyService;
-  database: Database;
-  /** Makes queued audit events visible before an audit read. */
-  flushAudit: () => Promise<void>;
+  auditReader: AuditReader;
+  audit: (event: AuditEventInput) => void;
 }
 
 export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
-  const { keyService, database, flushAudit } = options;
+  const { keyService, auditReader, audit } = options;
   const keyId = (c: Context<BulwarkEnv>) => {
     const parsed = KeyId.safeParse(c.req.param('id'));
     if (!parsed.success) throw new ApiError('validation_failed', 'id: is not a key id');
@@ -92,13 +100,14 @@ export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
     })
     .get('/api/audit/events', async (c) => {
       const q = readQuery(c, TailQuery);
-      await flushAudit().catch(() => {});
-      const events: StoredAuditEvent[] = await tailEvents(database.db, { limit: q.limit, type: q.type, tenantId: auditTenant(c, q.tenant) });
+      const events: StoredAuditEvent[] = await auditReader.tail({ limit: q.limit, type: q.type, tenantId: auditTenant(c, q.tenant) });
       return c.json({ events });
     })
     .get('/api/audit/verify', async (c) => {
-      if (!crossesTenants(c.get('principal'))) throw new ApiError('forbidden', 'Only an operator can verify the whole audit chain.');
-      await flushAudit().catch(() => {});
-      return c.json(await verifyChain(database.db));
+      if (!crossesTenants(c.get('principal'))) {
+        audit(deniedEvent(actorOf(c), 'audit.verify', { reason: 'operator_only' }));
+        throw new ApiError('forbidden', 'Only an operator can verify the whole audit chain.');
+      }
+      return c.json(await auditReader.verify());
     });
 }
