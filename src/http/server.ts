@@ -129,7 +129,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
   const keyCount = await runtime.keys.count();
   if (keyCount === 0 && !config.bootstrapKey.key) {
     say('No API keys yet. Create the first one (shown once; keep it safe):');
-    say(`  npm run bulwark -- keys create --name first-key --scopes admin --tenant ${DEFAULT_TENANT}`);
+    say(`  npm run --silent bulwark -- keys create --name first-key --scopes admin --tenant ${DEFAULT_TENANT}`);
   }
 
   let closing: Promise<void> | undefined;
