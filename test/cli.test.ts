@@ -8,10 +8,13 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
+import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../src/store/database.js';
+import { MIGRATION_NAMES } from '../src/store/migrations.js';
 import { POSTGRES_URL, dropSchema, freshSchemaName } from './helpers/database.js';
 import { type ServerProcess, filesUnder, runCli, startServe } from './helpers/process.js';
+import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -26,15 +29,29 @@ interface Scenario {
 }
 
 const pgSchema = freshSchemaName();
+let standIn: StandIn;
+beforeAll(async () => {
+  standIn = await startAnthropicStandIn();
+});
+afterAll(async () => {
+  await standIn?.close();
+});
 const SCENARIOS: Scenario[] = [
   {
     name: 'embedded database (CLI through the running server)',
-    env: (dataDir) => ({ BULWARK_DATA_DIR: dataDir, BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0' }),
+    env: (dataDir) => ({ BULWARK_DATA_DIR: dataDir, BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0', BULWARK_UPSTREAM_URL: standIn.url }),
     cleanup: async () => {},
   },
   {
     name: 'PostgreSQL (CLI on the shared store)',
-    env: (dataDir) => ({ BULWARK_DATA_DIR: dataDir, BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0', DATABASE_URL: POSTGRES_URL, BULWARK_DATABASE_SCHEMA: pgSchema }),
+    env: (dataDir) => ({
+      BULWARK_DATA_DIR: dataDir,
+      BULWARK_PORT: '0',
+      BULWARK_ADMIN_PORT: '0',
+      DATABASE_URL: POSTGRES_URL,
+      BULWARK_DATABASE_SCHEMA: pgSchema,
+      BULWARK_UPSTREAM_URL: standIn.url,
+    }),
     cleanup: () => dropSchema(pgSchema),
   },
 ];
@@ -142,6 +159,36 @@ describe.each(SCENARIOS)('bulwark on $name', (scenario) => {
     expect(verify.stdout).toMatch(/intact/);
   });
 
+  it('stores an upstream credential read from stdin and proxies with it, then summarises usage', async () => {
+    const upstreamKey = `sk-ant-api03-${randomBytes(24).toString('hex')}`;
+    standIn.apiKeys.add(upstreamKey);
+    const set = await runCli(['credentials', 'set', 'default', '--json'], env, { input: `${upstreamKey}\n` });
+    expect(set.code, set.stderr).toBe(0);
+    expect(set.stdout + set.stderr).not.toContain(upstreamKey);
+    const list = await runCli(['credentials', 'list', '--json'], env);
+    expect(JSON.parse(list.stdout)).toEqual([expect.objectContaining({ tenant: 'default', type: 'api_key', source: 'store', active: true })]);
+    expect(list.stdout).not.toContain(upstreamKey);
+    const audited = await runCli(['audit', 'tail', '--json', '--type', 'credentials.'], env);
+    expect(JSON.parse(audited.stdout)).toEqual([expect.objectContaining({ type: 'credentials.set', tenantId: 'default', details: expect.objectContaining({ type: 'api_key', via: 'cli' }) })]);
+    expect(audited.stdout).not.toContain(upstreamKey);
+
+    const llm = await createKey(['--scopes', 'llm']);
+    // Another process stored the credential: the server's store cache lets it land within 2 s.
+    await sleep(2_100);
+    const sdk = new Anthropic({ apiKey: llm.key, baseURL: server.publicUrl, maxRetries: 0 });
+    const message = await sdk.messages.create({ model: 'claude-sonnet-4-5', max_tokens: 16, messages: [{ role: 'user', content: 'usage please' }] });
+    expect(standIn.requests.at(-1)?.headers['x-api-key']).toBe(upstreamKey);
+
+    await sleep(1_500); // the requests row is written off the request path
+    const usage = await runCli(['usage', '--json', '--since', '1h'], env);
+    expect(usage.code, usage.stderr).toBe(0);
+    expect(JSON.parse(usage.stdout).usage).toEqual([
+      expect.objectContaining({ tenant: 'default', model: 'claude-sonnet-4-5', requests: 1, errors: 0, inputTokens: message.usage.input_tokens, outputTokens: message.usage.output_tokens }),
+    ]);
+    const empty = await runCli(['credentials', 'set', 'default'], env, { input: '' });
+    expect(empty.code).toBe(2);
+  });
+
   it('passes `doctor --url` probing the running deployment from outside', async () => {
     const result = await runCli(['doctor', '--url', server.publicUrl, '--admin-url', server.adminUrl, '--json'], env);
     expect(result.code, result.stdout).toBe(0);
@@ -204,7 +251,7 @@ describe('production mode from the command line', () => {
       expect(refused.stderr).toContain('bulwark migrate');
       const migrate = await runCli(['migrate', '--json'], env);
       expect(migrate.code, migrate.stderr).toBe(0);
-      expect(JSON.parse(migrate.stdout).applied).toEqual(['0001_foundation']);
+      expect(JSON.parse(migrate.stdout).applied).toEqual([...MIGRATION_NAMES]);
       const server = await startServe(env, dataDir);
       try {
         const created = await runCli(['keys', 'create', '--scopes', 'read', '--json'], env);

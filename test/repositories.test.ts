@@ -11,7 +11,7 @@ import { type Actor, KeyService } from '../src/auth/key-service.js';
 import { createKeyHasher } from '../src/auth/keys.js';
 import { staticPrincipal } from '../src/auth/verify.js';
 import { openDatabase } from '../src/store/database.js';
-import { migrateToLatest, pendingMigrations } from '../src/store/migrations.js';
+import { MIGRATION_NAMES, migrateToLatest, pendingMigrations } from '../src/store/migrations.js';
 import { KeyRepository, type NewKeyRow, TenantRepository } from '../src/store/repositories.js';
 import { ENGINES, POSTGRES_URL, type TestDatabase, dropSchema, freshSchemaName, itOnPostgres, openTestDatabase } from './helpers/database.js';
 
@@ -54,16 +54,16 @@ describe.each(ENGINES)('store on %s', (engine) => {
       expect(await pendingMigrations(t.database)).toEqual([]);
     });
 
-    it('records 0001_foundation in schema_migrations', async () => {
+    it('records every migration in schema_migrations', async () => {
       const { rows } = await sql<{ name: string }>`select name from schema_migrations order by name`.execute(t.database.db);
-      expect(rows.map((r) => r.name)).toContain('0001_foundation');
+      expect(rows.map((r) => r.name)).toEqual(['0001_foundation', '0002_proxy']);
     });
 
     it('lists every migration as pending on an empty database, then applies it once', async () => {
       const fresh = await openTestDatabase(engine, { migrate: false });
       try {
-        expect(await pendingMigrations(fresh.database)).toEqual(['0001_foundation']);
-        expect(await migrateToLatest(fresh.database)).toEqual({ applied: ['0001_foundation'], pending: [] });
+        expect(await pendingMigrations(fresh.database)).toEqual([...MIGRATION_NAMES]);
+        expect(await migrateToLatest(fresh.database)).toEqual({ applied: [...MIGRATION_NAMES], pending: [] });
         expect(await pendingMigrations(fresh.database)).toEqual([]);
       } finally {
         await fresh.cleanup();
@@ -79,9 +79,9 @@ describe.each(ENGINES)('store on %s', (engine) => {
         try {
           expect(opened.filter((o) => o.status === 'rejected').map((o) => String((o as PromiseRejectedResult).reason))).toEqual([]);
           const reports = await Promise.all(databases.map((d) => migrateToLatest(d)));
-          expect(reports.flatMap((r) => r.applied)).toEqual(['0001_foundation']);
+          expect(reports.flatMap((r) => r.applied)).toEqual([...MIGRATION_NAMES]);
           const { rows } = await sql<{ n: string | number }>`select count(*) as n from schema_migrations`.execute(databases[0]!.db);
-          expect(Number(rows[0]?.n)).toBe(1);
+          expect(Number(rows[0]?.n)).toBe(MIGRATION_NAMES.length);
         } finally {
           await Promise.all(databases.map((d) => d.close()));
           await dropSchema(schema);
@@ -92,7 +92,7 @@ describe.each(ENGINES)('store on %s', (engine) => {
     itOnPostgres(engine)('does not mistake another schema’s migrated tables for its own', async () => {
       const fresh = await openTestDatabase('postgres', { migrate: false });
       try {
-        expect(await pendingMigrations(fresh.database)).toEqual(['0001_foundation']);
+        expect(await pendingMigrations(fresh.database)).toEqual([...MIGRATION_NAMES]);
       } finally {
         await fresh.cleanup();
       }

@@ -116,13 +116,18 @@ export interface RequireScopeOptions {
   audit: (event: AuditEventInput) => void;
 }
 
-export function requireScope(scope: string, options: RequireScopeOptions): MiddlewareHandler<BulwarkEnv> {
+/** Requires one scope, or any one of several (e.g. `['llm', 'write']`). */
+export function requireScope(scope: string | readonly string[], options: RequireScopeOptions): MiddlewareHandler<BulwarkEnv> {
   const { audit } = options;
-  if (!scope) throw new Error('requireScope: scope is required');
+  const accepted = typeof scope === 'string' ? [scope] : [...scope];
+  if (accepted.length === 0 || accepted.some((s) => !s)) throw new Error('requireScope: scope is required');
+  const named = accepted.map((s) => `'${s}'`).join(' or ');
+  // RFC 6750 §3: scope is a space-separated list.
+  const challenge = `Bearer error="insufficient_scope", scope="${accepted.join(' ')}"`;
   return async function requireScopeMiddleware(c, next) {
     const principal = c.get('principal');
     if (!principal) throw new Error('requireScope used before authenticate');
-    if (!hasScope(principal.scopes, scope)) {
+    if (!accepted.some((s) => hasScope(principal.scopes, s))) {
       audit({
         type: 'authz.denied',
         outcome: 'denied',
@@ -133,10 +138,10 @@ export function requireScope(scope: string, options: RequireScopeOptions): Middl
         method: c.req.method,
         path: requestPath(c),
         requestId: c.get('requestId'),
-        details: { required: scope, granted: [...principal.scopes] },
+        details: { required: accepted.length === 1 ? accepted[0] : accepted, granted: [...principal.scopes] },
       });
-      throw new ApiError('insufficient_scope', `This needs the '${scope}' scope, which the key does not have.`, {
-        'WWW-Authenticate': `Bearer error="insufficient_scope", scope="${scope}"`,
+      throw new ApiError('insufficient_scope', `This needs the ${named} scope, which the key does not have.`, {
+        'WWW-Authenticate': challenge,
       });
     }
     return next();

@@ -17,6 +17,7 @@ import { VERSION } from '../version.js';
 import { doctorExitCode, formatFindings, localFindings, probeDeployment } from './doctor.js';
 import { CliError, EXIT } from './exit.js';
 import { registerKeyCommands } from './keys.js';
+import { registerProxyCommands } from './proxy.js';
 import { type Operations, openOperations } from './operations.js';
 import { printJson, printLines, printTable, shortTime } from './output.js';
 
@@ -96,6 +97,7 @@ export function buildProgram(): Command {
     });
 
   registerKeyCommands(program, withOperations);
+  registerProxyCommands(program, withOperations);
 
   program
     .command('migrate')

@@ -8,6 +8,7 @@ import type { StoredAuditEvent, TailOptions, VerifyResult } from '../audit/log.j
 import type { CreateKeyInput, CreatedKey, FailureCode, KeyView, Result, TenantView } from '../auth/key-service.js';
 import { staticPrincipal } from '../auth/verify.js';
 import type { Config } from '../config/load.js';
+import type { CredentialView, UsageQuery, UsageRow } from '../proxy/management.js';
 import type { Logger } from '../http/logger.js';
 import { type Runtime, createRuntime } from '../http/runtime.js';
 import { openDatabase } from '../store/database.js';
@@ -26,6 +27,10 @@ export interface Operations {
   rotateKey(id: string, options: { grace?: string | undefined }): Promise<Result<CreatedKey & { previous: KeyView }>>;
   createTenant(id: string, name?: string): Promise<Result<TenantView>>;
   listTenants(): Promise<Result<TenantView[]>>;
+  setCredential(tenant: string, input: unknown): Promise<Result<CredentialView>>;
+  removeCredential(tenant: string): Promise<Result<{ tenant: string; removed: boolean }>>;
+  listCredentials(): Promise<CredentialView[]>;
+  usage(query: UsageQuery): Promise<UsageRow[]>;
   auditTail(options: TailOptions): Promise<StoredAuditEvent[]>;
   auditVerify(): Promise<VerifyResult>;
   close(): Promise<void>;
@@ -97,6 +102,19 @@ export class LocalOperations implements Operations {
   listTenants() {
     return this.runtime.keyService.listTenants(CLI_ACTOR);
   }
+  setCredential(tenant: string, input: unknown) {
+    return this.runtime.proxyManagement.setCredential(CLI_ACTOR, tenant, input);
+  }
+  removeCredential(tenant: string) {
+    return this.runtime.proxyManagement.removeCredential(CLI_ACTOR, tenant);
+  }
+  listCredentials() {
+    this.runtime.fileCredentials.scan();
+    return this.runtime.proxyManagement.listCredentials(CLI_ACTOR);
+  }
+  usage(query: UsageQuery) {
+    return this.runtime.proxyManagement.usage(CLI_ACTOR, query);
+  }
   auditTail(options: TailOptions) {
     return this.runtime.auditReader.tail(options);
   }
@@ -105,6 +123,7 @@ export class LocalOperations implements Operations {
   }
   async close() {
     const unwritten = await this.runtime.drain(5_000);
+    await this.runtime.stop();
     await this.runtime.database.close();
     if (unwritten) throw new CliError(`${unwritten} audit record(s) could not be written; they are in ${this.runtime.config.dataDir}/spool.`, EXIT.unavailable);
   }
@@ -185,6 +204,20 @@ export class RemoteOperations implements Operations {
   async listTenants() {
     const r = await this.#call<{ tenants: TenantView[] }>('GET', '/api/tenants');
     return r.ok ? { ok: true as const, value: r.value.tenants } : r;
+  }
+  setCredential(tenant: string, input: unknown) {
+    return this.#call<CredentialView>('PUT', `/api/credentials/${encodeURIComponent(tenant)}`, { credential: input });
+  }
+  removeCredential(tenant: string) {
+    return this.#call<{ tenant: string; removed: boolean }>('DELETE', `/api/credentials/${encodeURIComponent(tenant)}`);
+  }
+  async listCredentials() {
+    return this.#value(await this.#call<{ credentials: CredentialView[] }>('GET', '/api/credentials')).credentials;
+  }
+  async usage(query: UsageQuery) {
+    const q = new URLSearchParams({ since: query.since.toISOString() });
+    if (query.tenant) q.set('tenant', query.tenant);
+    return this.#value(await this.#call<{ usage: UsageRow[] }>('GET', `/api/usage?${q}`)).usage;
   }
   async auditTail(options: TailOptions) {
     const q = new URLSearchParams();

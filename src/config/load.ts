@@ -33,7 +33,13 @@ export interface Config {
     readonly adminKey: string | undefined;
     readonly keyHashSecret: string | undefined;
   };
-  readonly upstream: { readonly url: string };
+  readonly upstream: {
+    readonly url: string;
+    readonly connectTimeoutMs: number;
+    readonly firstByteTimeoutMs: number;
+    readonly idleTimeoutMs: number;
+    readonly allowPaths: readonly string[];
+  };
   readonly credentialsDir: string;
   readonly storage: { readonly bodies: boolean; readonly retentionDays: number };
   readonly http: {
@@ -127,7 +133,7 @@ export function loadConfig(options: LoadOptions = {}): Config {
       adminKey: file.secrets.adminKey,
       keyHashSecret: file.secrets.keyHashSecret,
     },
-    upstream: { url: file.upstream.url },
+    upstream: { ...file.upstream },
     credentialsDir: path.resolve(cwd, file.credentialsDir ?? path.join(dataDir, 'credentials')),
     storage: { bodies: file.storage.bodies, retentionDays: file.storage.retentionDays },
     http: {

@@ -84,7 +84,6 @@ export interface SafetyOptions {
  */
 const NOT_YET_SUPPORTED: readonly { setting: string; isSet: (c: Config) => boolean }[] = [
   { setting: 'REDIS_URL', isSet: (c) => c.redis.url !== undefined },
-  { setting: 'BULWARK_UPSTREAM_URL', isSet: (c) => c.upstream.url !== 'https://api.anthropic.com' },
   { setting: 'BULWARK_STORE_BODIES', isSet: (c) => c.storage.bodies },
   { setting: 'BULWARK_RETENTION_DAYS', isSet: (c) => c.storage.retentionDays !== 30 },
   { setting: 'BULWARK_ALLOWED_HOSTS', isSet: (c) => c.http.allowedHosts.length > 0 },

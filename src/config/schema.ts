@@ -46,9 +46,18 @@ export const FileConfigSchema = z.strictObject({
       keyHashSecret: nonEmpty.optional(),
     })
     .default({ encryptionKeys: [] }),
-  upstream: z.strictObject({ url: z.url().default('https://api.anthropic.com') }).default({
-    url: 'https://api.anthropic.com',
-  }),
+  upstream: z
+    .strictObject({
+      url: z.url().default('https://api.anthropic.com'),
+      connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+      /** Until response headers; non-streaming answers can take minutes. */
+      firstByteTimeoutMs: z.number().int().min(100).max(3_600_000).default(600_000),
+      /** Between two chunks of a response body. */
+      idleTimeoutMs: z.number().int().min(100).max(3_600_000).default(300_000),
+      /** Further /v1 paths forwarded as they are (exact, or a prefix ending in *). */
+      allowPaths: z.array(z.string().regex(/^\/v1\/[A-Za-z0-9_./*-]*$/, 'must be a /v1/ path')).default([]),
+    })
+    .default({ url: 'https://api.anthropic.com', connectTimeoutMs: 10_000, firstByteTimeoutMs: 600_000, idleTimeoutMs: 300_000, allowPaths: [] }),
   credentialsDir: nonEmpty.optional(),
   storage: z
     .strictObject({ bodies: z.boolean().default(false), retentionDays: z.number().int().min(1).default(30) })

@@ -6,6 +6,7 @@
  */
 import { Hono } from 'hono';
 import { authenticate, requireScope } from '../auth/middleware.js';
+import { anthropicErrors, proxyRoutes } from '../proxy/routes.js';
 import { accessLog } from './access-log.js';
 import type { BulwarkEnv } from './context.js';
 import { errorHandler, notFoundHandler } from './errors.js';
@@ -36,8 +37,20 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
   // Public without a credential: exactly these.
   app.route('/', healthRoutes());
 
+  // Anthropic-compatible routes answer errors (including authentication's) in Anthropic's shape.
+  app.use('/v1/*', anthropicErrors());
   app.use('*', authenticate({ verifier: runtime.publicVerifier, audit: runtime.audit, required: authRequired }));
   app.route('/', whoamiRoutes());
+  app.route(
+    '/',
+    proxyRoutes({
+      upstream: runtime.upstream,
+      credentials: runtime.credentials,
+      requestLog: runtime.requestLog,
+      audit: runtime.audit,
+      allowPaths: runtime.config.upstream.allowPaths,
+    }),
+  );
   return app;
 }
 
@@ -51,6 +64,6 @@ export function createAdminApp(runtime: Runtime): Hono<BulwarkEnv> {
 
   app.use('*', authenticate({ verifier: runtime.adminVerifier, audit: runtime.audit, required: true }));
   app.use('*', requireScope('admin', { audit: runtime.audit }));
-  app.route('/', adminApiRoutes({ keyService: runtime.keyService, auditReader: runtime.auditReader, audit: runtime.audit }));
+  app.route('/', adminApiRoutes({ keyService: runtime.keyService, proxyManagement: runtime.proxyManagement, auditReader: runtime.auditReader, audit: runtime.audit }));
   return app;
 }

@@ -33,6 +33,39 @@ export interface ErrorEnvelope {
   error: { code: ErrorCode; message: string; requestId: string };
 }
 
+/**
+ * The error `type` Anthropic's API would answer with for each code. On `/v1/*` errors are
+ * written in Anthropic's shape so its SDKs raise the matching exception class.
+ */
+export const ANTHROPIC_ERROR_TYPE: Record<ErrorCode, string> = {
+  bad_request: 'invalid_request_error',
+  invalid_json: 'invalid_request_error',
+  validation_failed: 'invalid_request_error',
+  malformed_credential: 'invalid_request_error',
+  unauthorized: 'authentication_error',
+  insufficient_scope: 'permission_error',
+  forbidden: 'permission_error',
+  not_found: 'not_found_error',
+  method_not_allowed: 'invalid_request_error',
+  conflict: 'invalid_request_error',
+  payload_too_large: 'request_too_large',
+  rate_limited: 'rate_limit_error',
+  internal_error: 'api_error',
+  upstream_error: 'api_error',
+  service_unavailable: 'overloaded_error',
+  upstream_timeout: 'api_error',
+};
+
+export interface AnthropicErrorBody {
+  type: 'error';
+  error: { type: string; message: string };
+  request_id: string;
+}
+
+export function anthropicErrorBody(type: string, message: string, requestId: string): AnthropicErrorBody {
+  return { type: 'error', error: { type, message }, request_id: requestId };
+}
+
 /** An error meant for the client: its message is shown as is, so it must never hold a secret. */
 export class ApiError extends Error {
   readonly code: ErrorCode;
@@ -56,6 +89,10 @@ export function isErrorCode(value: string): value is ErrorCode {
 export function errorResponse(c: Context, error: ApiError): Response {
   const requestId = (c.get('requestId') as string | undefined) ?? '';
   for (const [name, value] of Object.entries(error.headers)) c.header(name, value);
+  if (c.get('errorFormat') === 'anthropic') {
+    c.header('request-id', requestId);
+    return c.json(anthropicErrorBody(ANTHROPIC_ERROR_TYPE[error.code], error.message, requestId), error.status);
+  }
   const body: ErrorEnvelope = { error: { code: error.code, message: error.message, requestId } };
   return c.json(body, error.status);
 }

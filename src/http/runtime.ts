@@ -5,6 +5,7 @@
  * directly, so both paths run the same code.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { AuditLog, type AuditEventInput, type AuditReader, createAuditReader } from '../audit/log.js';
 import { KeyService } from '../auth/key-service.js';
@@ -15,10 +16,25 @@ import type { Config } from '../config/load.js';
 import type { Database } from '../store/database.js';
 import { KeyRepository, TenantRepository } from '../store/repositories.js';
 import { WriteBehind, type WriteBehindReport, isDataError } from '../store/write-behind.js';
+import { FileCredentials, StoredCredentials } from '../proxy/credentials.js';
+import { ProxyManagement } from '../proxy/management.js';
+import { RequestLog } from '../proxy/request-log.js';
+import type { CredentialResolver } from '../proxy/routes.js';
+import { Upstream } from '../proxy/upstream.js';
+import { KeyRing } from '../store/crypto.js';
+import { prepareDataDir, writePrivateFile } from '../store/data-dir.js';
 import type { Logger } from './logger.js';
 
 export interface Runtime {
   readonly config: Config;
+  /** Field encryption (credentials, bodies). */
+  readonly keyRing: KeyRing;
+  readonly fileCredentials: FileCredentials;
+  readonly storedCredentials: StoredCredentials;
+  readonly credentials: CredentialResolver;
+  readonly upstream: Upstream;
+  readonly requestLog: RequestLog;
+  readonly proxyManagement: ProxyManagement;
   readonly logger: Logger;
   readonly database: Database;
   readonly keys: KeyRepository;
@@ -40,6 +56,8 @@ export interface Runtime {
   replaySpools(): number;
   /** Spools queued writes synchronously for an immediate exit; they are replayed at the next start. */
   abandon(): number;
+  /** Stops background work (file watching, upstream connections); call after draining. */
+  stop(): Promise<void>;
   /** Drains queued writes (audit, last-used) within the deadline; returns how many could not be written. */
   drain(deadlineMs?: number): Promise<number>;
 }
@@ -115,6 +133,27 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const publicVerifier = new KeyVerifier({ keys, hasher, cacheMs, prefix, staticCredentials: bootstrap, onKeyUsed });
   const adminVerifier = new KeyVerifier({ keys, hasher, cacheMs, prefix, staticCredentials: [...bootstrap, ...operators], onKeyUsed });
 
+  const keyRing = keyRingFor(config, logger);
+  const fileCredentials = new FileCredentials({
+    dir: config.credentialsDir,
+    strictPermissions: config.mode === 'production',
+    audit,
+    warn: (message, fields) => logger.warn(fields ?? {}, message),
+  });
+  const storedCredentials = new StoredCredentials({ db: database.db, keyRing });
+  const credentials: CredentialResolver = {
+    async resolve(tenant) {
+      return fileCredentials.get(tenant) ?? (await storedCredentials.get(tenant));
+    },
+  };
+  const upstream = new Upstream({
+    baseUrl: config.upstream.url,
+    connectTimeoutMs: config.upstream.connectTimeoutMs,
+    firstByteTimeoutMs: config.upstream.firstByteTimeoutMs,
+    idleTimeoutMs: config.upstream.idleTimeoutMs,
+  });
+  const requestLog = new RequestLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+
   const keyService = new KeyService({
     keys,
     tenants,
@@ -127,8 +166,17 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     },
   });
 
+  const proxyManagement = new ProxyManagement({ db: database.db, tenants, files: fileCredentials, stored: storedCredentials, audit });
+
   return {
     config,
+    proxyManagement,
+    keyRing,
+    fileCredentials,
+    storedCredentials,
+    credentials,
+    upstream,
+    requestLog,
     logger,
     database,
     keys,
@@ -142,19 +190,44 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     startedAt: new Date(),
     audit,
     async flush() {
-      await Promise.all([auditLog.flush(), lastUsed.flush()]);
+      await Promise.all([auditLog.flush(), lastUsed.flush(), requestLog.flush()]);
+    },
+    async stop() {
+      fileCredentials.stop();
+      await upstream.close();
     },
     abandon() {
-      return auditLog.abandon() + lastUsed.abandon();
+      return auditLog.abandon() + lastUsed.abandon() + requestLog.abandon();
     },
     replaySpools() {
-      return auditLog.replaySpool() + lastUsed.replaySpool();
+      return auditLog.replaySpool() + lastUsed.replaySpool() + requestLog.replaySpool();
     },
     async drain(deadlineMs = 5_000) {
-      const [a, b] = await Promise.all([auditLog.close(deadlineMs), lastUsed.close(deadlineMs)]);
-      return a + b;
+      const left = await Promise.all([auditLog.close(deadlineMs), lastUsed.close(deadlineMs), requestLog.close(deadlineMs)]);
+      return left.reduce((a, b) => a + b, 0);
     },
   };
+}
+
+/**
+ * The key ring for field encryption. Production requires configured keys (config refuses to
+ * start without). Development without keys uses one generated into the data dir (mode 600),
+ * so what it encrypts survives a restart; it is for development only and says so.
+ */
+export function keyRingFor(config: Config, logger?: Logger): KeyRing {
+  if (config.secrets.encryptionKeys.length > 0) return KeyRing.fromConfig(config.secrets.encryptionKeys);
+  if (config.mode === 'production') throw new Error('BULWARK_ENCRYPTION_KEYS: production needs at least one encryption key');
+  const file = path.join(config.dataDir, 'development-encryption.key');
+  let key: string;
+  try {
+    key = readFileSync(file, 'utf8').trim();
+  } catch {
+    prepareDataDir(config.dataDir);
+    key = randomBytes(32).toString('base64');
+    writePrivateFile(file, `${key}\n`);
+    logger?.warn({ file }, 'no BULWARK_ENCRYPTION_KEYS set: generated a development encryption key in the data dir (production refuses to start without configured keys)');
+  }
+  return KeyRing.fromConfig([key]);
 }
 
 /** Creates the default tenant so the first key has somewhere to live. */

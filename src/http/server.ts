@@ -86,6 +86,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
 
   const runtime = createRuntime({ config, logger, database, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
   runtime.replaySpools();
+  runtime.fileCredentials.start();
   await ensureDefaultTenant(runtime);
 
   const servers: Server[] = [];
@@ -101,6 +102,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
   } catch (err) {
     await Promise.all(servers.map(closeServer));
     await runtime.drain(1_000);
+    await runtime.stop();
     await database.close();
     throw err;
   }
@@ -143,6 +145,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
         runtime.audit({ type: 'server.stopped', outcome: 'info', details: { version: VERSION } });
         const unwritten = await runtime.drain(5_000);
         if (unwritten) logger.error({ unwritten }, 'some writes could not reach the database; they are in the spool for the next start');
+        await runtime.stop();
         unpublishServer(config.dataDir);
         await database.close();
         logger.info('bulwark stopped');

@@ -56,7 +56,52 @@ const MIGRATIONS: Record<string, Migration> = {
       await sql`create index audit_events_time_idx on audit_events (time)`.execute(db);
     },
   },
+  '0002_proxy': {
+    async up(db) {
+      // One row per proxied call. `id` is ours (random); the client-influenced request id is a
+      // plain column, so a client cannot collide rows.
+      await sql`
+        create table requests (
+          id text primary key,
+          time timestamptz not null,
+          tenant_id text not null,
+          key_id text not null,
+          method text not null,
+          path text not null,
+          model text,
+          stream boolean not null default false,
+          status integer not null,
+          error_type text,
+          input_tokens integer not null default 0,
+          output_tokens integer not null default 0,
+          cache_creation_input_tokens integer not null default 0,
+          cache_read_input_tokens integer not null default 0,
+          cost_usd double precision not null default 0,
+          latency_ms integer not null,
+          first_token_ms integer,
+          ip text,
+          user_agent text,
+          request_id text,
+          upstream_request_id text,
+          request_body text,
+          response_body text
+        )`.execute(db);
+      await sql`create index requests_tenant_time_idx on requests (tenant_id, time)`.execute(db);
+      await sql`create index requests_time_idx on requests (time)`.execute(db);
+      // Upstream credentials kept in the store: the whole credential JSON, encrypted.
+      await sql`
+        create table upstream_credentials (
+          tenant_id text primary key references tenants(id),
+          type text not null,
+          secret text not null,
+          updated_at timestamptz not null default now()
+        )`.execute(db);
+    },
+  },
 };
+
+/** Every migration, in the order they apply. */
+export const MIGRATION_NAMES: readonly string[] = Object.keys(MIGRATIONS).sort();
 
 class InCodeProvider implements MigrationProvider {
   async getMigrations(): Promise<Record<string, Migration>> {

@@ -52,8 +52,45 @@ export interface AuditEventsTable {
   hash: string;
 }
 
+export interface RequestsTable {
+  id: string;
+  time: Timestamp;
+  tenant_id: string;
+  key_id: string;
+  method: string;
+  path: string;
+  model: string | null;
+  stream: boolean;
+  status: number;
+  error_type: string | null;
+  input_tokens: number;
+  output_tokens: number;
+  cache_creation_input_tokens: number;
+  cache_read_input_tokens: number;
+  cost_usd: number;
+  latency_ms: number;
+  first_token_ms: number | null;
+  ip: string | null;
+  user_agent: string | null;
+  request_id: string | null;
+  upstream_request_id: string | null;
+  /** Encrypted (AES-256-GCM, row-bound) when body storage is on; otherwise null. */
+  request_body: string | null;
+  response_body: string | null;
+}
+
+export interface UpstreamCredentialsTable {
+  tenant_id: string;
+  type: string;
+  /** The credential JSON, encrypted with the key ring, bound to the tenant. */
+  secret: string;
+  updated_at: DefaultedTimestamp;
+}
+
 export interface Tables {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
   audit_events: AuditEventsTable;
+  requests: RequestsTable;
+  upstream_credentials: UpstreamCredentialsTable;
 }

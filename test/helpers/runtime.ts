@@ -1,6 +1,8 @@
 /** A complete in-process Bulwark (runtime and both apps) on a real test database. */
 import { Writable } from 'node:stream';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { type ServerType, serve } from '@hono/node-server';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadConfig } from '../../src/config/load.js';
@@ -16,6 +18,9 @@ export const OPERATOR: Actor = { principal: staticPrincipal('operator', 'test', 
 export interface TestBulwark {
   runtime: Runtime;
   publicApp: ReturnType<typeof createPublicApp>;
+  /** With `listen`: where the public app is served. */
+  publicUrl: string;
+  dataDir: string;
   adminApp: ReturnType<typeof createAdminApp>;
   /** Everything the logger wrote, one JSON line each. */
   logs: string[];
@@ -24,9 +29,21 @@ export interface TestBulwark {
   close(): Promise<void>;
 }
 
-export async function startTestBulwark(engine: Engine, env: Record<string, string> = {}): Promise<TestBulwark> {
+export interface TestBulwarkOptions {
+  /** Structured settings written to a config file (BULWARK_CONFIG). */
+  file?: Record<string, unknown>;
+  /** Serve the public app on 127.0.0.1 (for real HTTP clients such as the Anthropic SDK). */
+  listen?: boolean;
+}
+
+export async function startTestBulwark(engine: Engine, env: Record<string, string> = {}, options: TestBulwarkOptions = {}): Promise<TestBulwark> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'bulwark-test-'));
-  const config = loadConfig({ env: { BULWARK_DATA_DIR: dataDir, ...env }, cwd: dataDir });
+  const fileEnv: Record<string, string> = {};
+  if (options.file) {
+    writeFileSync(path.join(dataDir, 'bulwark.json'), JSON.stringify(options.file));
+    fileEnv.BULWARK_CONFIG = path.join(dataDir, 'bulwark.json');
+  }
+  const config = loadConfig({ env: { BULWARK_DATA_DIR: dataDir, ...fileEnv, ...env }, cwd: dataDir });
   const testDb = await openTestDatabase(engine);
   const logs: string[] = [];
   const destination = new Writable({
@@ -38,9 +55,21 @@ export async function startTestBulwark(engine: Engine, env: Record<string, strin
   const logger = createLogger({ level: 'debug', destination });
   const runtime = createRuntime({ config, logger, database: testDb.database, flushIntervalMs: 20 });
   await ensureDefaultTenant(runtime);
+  runtime.fileCredentials.start();
+  const publicApp = createPublicApp(runtime);
+  let server: ServerType | undefined;
+  let publicUrl = '';
+  if (options.listen) {
+    server = await new Promise<ServerType>((resolve) => {
+      const s = serve({ fetch: publicApp.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+    });
+    publicUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }
   return {
     runtime,
-    publicApp: createPublicApp(runtime),
+    publicApp,
+    publicUrl,
+    dataDir,
     adminApp: createAdminApp(runtime),
     logs,
     async createKey(scopes, extra = {}) {
@@ -49,7 +78,9 @@ export async function startTestBulwark(engine: Engine, env: Record<string, strin
       return { key: result.value.key, id: result.value.id };
     },
     async close() {
+      if (server) await new Promise<void>((resolve) => server!.close(() => resolve()));
       await runtime.drain(2_000);
+      await runtime.stop();
       await testDb.cleanup();
       rmSync(dataDir, { recursive: true, force: true });
     },

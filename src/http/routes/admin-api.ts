@@ -9,6 +9,7 @@ import type { AuditEventInput, AuditReader, StoredAuditEvent } from '../../audit
 import { type Actor, type FailureCode, type KeyService, type Result, deniedEvent } from '../../auth/key-service.js';
 import { crossesTenants } from '../../auth/principal.js';
 import { SCOPE_PATTERN } from '../../config/schema.js';
+import type { ProxyManagement } from '../../proxy/management.js';
 import { clientIp, requestPath } from '../client-info.js';
 import type { BulwarkEnv } from '../context.js';
 import { ApiError, type ErrorCode } from '../errors.js';
@@ -52,6 +53,9 @@ const RenameBody = z.strictObject({ name: z.string().min(1).max(100) });
 const RotateBody = z.strictObject({ grace: z.string().optional() });
 const TenantBody = z.strictObject({ id: z.string().min(1).max(63), name: z.string().min(1).max(100).optional() });
 const ListKeysQuery = z.strictObject({ tenant: z.string().optional(), all: z.enum(['true', 'false']).optional() });
+const TenantParam = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'is not a tenant id');
+const CredentialBody = z.strictObject({ credential: z.union([z.string().min(1), z.record(z.string(), z.unknown())]) });
+const UsageQuery = z.strictObject({ tenant: z.string().optional(), since: z.iso.datetime({ offset: true }).optional() });
 const TailQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(1000).optional(),
   type: z.string().max(100).optional(),
@@ -60,15 +64,21 @@ const TailQuery = z.strictObject({
 
 export interface AdminApiOptions {
   keyService: KeyService;
+  proxyManagement: ProxyManagement;
   auditReader: AuditReader;
   audit: (event: AuditEventInput) => void;
 }
 
 export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
-  const { keyService, auditReader, audit } = options;
+  const { keyService, proxyManagement, auditReader, audit } = options;
   const keyId = (c: Context<BulwarkEnv>) => {
     const parsed = KeyId.safeParse(c.req.param('id'));
     if (!parsed.success) throw new ApiError('validation_failed', 'id: is not a key id');
+    return parsed.data;
+  };
+  const tenantParam = (c: Context<BulwarkEnv>) => {
+    const parsed = TenantParam.safeParse(c.req.param('tenant'));
+    if (!parsed.success) throw new ApiError('validation_failed', 'tenant: is not a tenant id');
     return parsed.data;
   };
   const auditTenant = (c: Context<BulwarkEnv>, requested: string | undefined) =>
@@ -97,6 +107,18 @@ export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
     .post('/api/tenants', async (c) => {
       const body = await readJson(c, TenantBody);
       return c.json(unwrap(await keyService.createTenant(actorOf(c), body.id, body.name)), 201);
+    })
+    .get('/api/credentials', async (c) => c.json({ credentials: await proxyManagement.listCredentials(actorOf(c)) }))
+    .put('/api/credentials/:tenant', async (c) => {
+      const tenant = tenantParam(c);
+      const body = await readJson(c, CredentialBody);
+      return c.json(unwrap(await proxyManagement.setCredential(actorOf(c), tenant, body.credential)));
+    })
+    .delete('/api/credentials/:tenant', async (c) => c.json(unwrap(await proxyManagement.removeCredential(actorOf(c), tenantParam(c)))))
+    .get('/api/usage', async (c) => {
+      const q = readQuery(c, UsageQuery);
+      const since = q.since ? new Date(q.since) : new Date(Date.now() - 86_400_000);
+      return c.json({ since: since.toISOString(), usage: await proxyManagement.usage(actorOf(c), { tenant: q.tenant, since }) });
     })
     .get('/api/audit/events', async (c) => {
       const q = readQuery(c, TailQuery);

@@ -1,0 +1,141 @@
+/**
+ * What crosses the proxy and how: which request headers go upstream (everything but
+ * credentials and hop-by-hop headers; the tenant's credential is added), which response headers
+ * come back, and the pass-through of the response body — pulled from upstream only as fast as
+ * the client reads (backpressure), passed on byte for byte, and read for usage after each chunk
+ * has been handed to the client.
+ */
+import type { Readable } from 'node:stream';
+import type { UpstreamCredential } from './credentials.js';
+import { UsageMeter } from './usage.js';
+
+/** Never forwarded upstream: the client's own credential, and headers that describe one hop. */
+const DROPPED_REQUEST_HEADERS = new Set([
+  'authorization',
+  'x-api-key',
+  'cookie',
+  'proxy-authorization',
+  'host',
+  'connection',
+  'keep-alive',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'content-length',
+  'accept-encoding',
+  'expect',
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-host',
+  'x-forwarded-proto',
+  'x-real-ip',
+  'x-request-id',
+  'origin',
+  'referer',
+]);
+
+/** Hop-by-hop response headers (RFC 9110 §7.6.1), and framing the server sets itself. */
+const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authenticate', 'set-cookie', 'content-length']);
+
+/** The beta flag Anthropic requires with OAuth access tokens. */
+export const OAUTH_BETA = 'oauth-2025-04-20';
+
+/** Merges betas into a comma list: de-duplicated, order kept, the client's first. */
+export function mergeBetas(clientValue: string | undefined, ...extra: string[]): string {
+  const all = [...(clientValue ?? '').split(','), ...extra].map((b) => b.trim()).filter(Boolean);
+  return [...new Set(all)].join(',');
+}
+
+export function upstreamHeaders(incoming: Headers, credential: UpstreamCredential): Record<string, string> {
+  const headers: Record<string, string> = {};
+  incoming.forEach((value, name) => {
+    if (!DROPPED_REQUEST_HEADERS.has(name) && !name.startsWith('proxy-')) headers[name] = value;
+  });
+  // Usage is read from the body, so it must arrive uncompressed.
+  headers['accept-encoding'] = 'identity';
+  if (credential.type === 'api_key') {
+    headers['x-api-key'] = credential.apiKey;
+  } else {
+    headers.authorization = `Bearer ${credential.accessToken}`;
+    headers['anthropic-beta'] = mergeBetas(headers['anthropic-beta'], OAUTH_BETA);
+  }
+  return headers;
+}
+
+export function clientHeaders(upstream: Record<string, string | string[] | undefined>): Headers {
+  const headers = new Headers();
+  for (const [name, value] of Object.entries(upstream)) {
+    if (value === undefined || DROPPED_RESPONSE_HEADERS.has(name)) continue;
+    if (Array.isArray(value)) for (const v of value) headers.append(name, v);
+    else headers.set(name, value);
+  }
+  return headers;
+}
+
+export type StreamEnd =
+  | { kind: 'complete' }
+  | { kind: 'client_disconnected' }
+  | { kind: 'upstream_failed'; error: unknown };
+
+export interface PassThroughOptions {
+  body: Readable;
+  meter: UsageMeter;
+  /** Whether the response is an SSE stream: a mid-stream failure then ends with an SSE error event. */
+  sse: boolean;
+  /** Called once, when the body has ended for whatever reason. */
+  onEnd: (end: StreamEnd) => void;
+  /** Stops the upstream request (client went away). */
+  abortUpstream: () => void;
+  /** The SSE error event sent to the client when upstream fails mid-stream. */
+  streamErrorEvent: (error: unknown) => Uint8Array;
+}
+
+/**
+ * The response body for the client: each upstream chunk is enqueued first and metered after,
+ * and the next one is pulled only when the client wants more.
+ */
+export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Array> {
+  const { body, meter, sse, onEnd, abortUpstream, streamErrorEvent } = options;
+  const chunks = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let ended = false;
+  const end = (how: StreamEnd) => {
+    if (ended) return;
+    ended = true;
+    onEnd(how);
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        let next: IteratorResult<Buffer>;
+        try {
+          next = await chunks.next();
+        } catch (error) {
+          if (ended) return;
+          if (sse) {
+            controller.enqueue(streamErrorEvent(error));
+            controller.close();
+          } else {
+            controller.error(error);
+          }
+          end({ kind: 'upstream_failed', error });
+          return;
+        }
+        if (next.done) {
+          controller.close();
+          end({ kind: 'complete' });
+          return;
+        }
+        const chunk = new Uint8Array(next.value.buffer, next.value.byteOffset, next.value.byteLength);
+        controller.enqueue(chunk);
+        meter.feed(chunk);
+      },
+      cancel() {
+        end({ kind: 'client_disconnected' });
+        abortUpstream();
+        body.destroy();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}

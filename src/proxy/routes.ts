@@ -1,0 +1,193 @@
+/**
+ * The Anthropic-compatible routes on the public listener: `POST /v1/messages` (JSON or SSE),
+ * `POST /v1/messages/count_tokens`, `GET /v1/models`, `GET /v1/models/{id}`, and any path an
+ * operator allow-lists. The client's Bulwark key never goes upstream; the tenant's credential
+ * does. Every call, failed or not, becomes one `requests` row.
+ */
+import { randomUUID } from 'node:crypto';
+import { type Context, Hono, type MiddlewareHandler } from 'hono';
+import type { AuditEventInput } from '../audit/log.js';
+import { requireScope } from '../auth/middleware.js';
+import { clientIp, requestPath } from '../http/client-info.js';
+import type { BulwarkEnv } from '../http/context.js';
+import { ApiError, anthropicErrorBody } from '../http/errors.js';
+import type { CredentialRecord } from './credentials.js';
+import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
+import type { RequestLog, RequestRecord } from './request-log.js';
+import { type Upstream, classifyUpstreamError } from './upstream.js';
+import { UsageMeter } from './usage.js';
+
+export interface CredentialResolver {
+  resolve(tenant: string): Promise<CredentialRecord | undefined>;
+}
+
+export interface ProxyOptions {
+  upstream: Upstream;
+  credentials: CredentialResolver;
+  requestLog: RequestLog;
+  audit: (event: AuditEventInput) => void;
+  /** Further `/v1/...` paths (exact, or ending in `*`) forwarded as they are. */
+  allowPaths?: readonly string[];
+}
+
+/** Marks `/v1/*` so errors are written in Anthropic's shape; runs before authentication. */
+export function anthropicErrors(): MiddlewareHandler<BulwarkEnv> {
+  return async function anthropicErrorsMiddleware(c, next) {
+    c.set('errorFormat', 'anthropic');
+    await next();
+  };
+}
+
+interface Forward {
+  /** `json`: read and parse the body for model and stream flag; `raw`: forward it unread. */
+  body: 'none' | 'raw' | 'json';
+}
+
+const encoder = new TextEncoder();
+
+export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
+  const { upstream, credentials, requestLog, audit, allowPaths = [] } = options;
+  const write = requireScope(['llm', 'write'], { audit });
+  const read = requireScope(['llm', 'read'], { audit });
+  const allowed = (path: string) => allowPaths.some((p) => (p.endsWith('*') ? path.startsWith(p.slice(0, -1)) : path === p));
+
+  async function forward(c: Context<BulwarkEnv>, spec: Forward): Promise<Response> {
+    const started = performance.now();
+    const principal = c.get('principal');
+    const url = new URL(c.req.url);
+    const row: RequestRecord = {
+      id: randomUUID(),
+      time: new Date().toISOString(),
+      tenantId: principal.tenant,
+      keyId: principal.keyId,
+      method: c.req.method,
+      path: url.pathname,
+      model: null,
+      stream: false,
+      status: 0,
+      errorType: null,
+      inputTokens: 0,
+      outputTokens: 0,
+      cacheCreationInputTokens: 0,
+      cacheReadInputTokens: 0,
+      costUsd: 0,
+      latencyMs: 0,
+      firstTokenMs: null,
+      ip: clientIp(c) ?? null,
+      userAgent: c.req.header('user-agent') ?? null,
+      requestId: c.get('requestId'),
+      upstreamRequestId: null,
+      requestBody: null,
+      responseBody: null,
+    };
+    const finish = (status: number, errorType: string | null) => {
+      row.status = status;
+      row.errorType ??= errorType;
+      row.latencyMs = Math.round(performance.now() - started);
+      requestLog.record(row);
+    };
+    const fail = (error: ApiError): never => {
+      finish(error.status, error.code);
+      throw error;
+    };
+
+    let body: Uint8Array | undefined;
+    if (spec.body !== 'none') body = new Uint8Array(await c.req.arrayBuffer());
+    if (spec.body === 'json' && body) {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(new TextDecoder().decode(body));
+      } catch {
+        fail(new ApiError('invalid_json', 'The request body is not valid JSON.'));
+      }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) fail(new ApiError('bad_request', 'The request body must be a JSON object.'));
+      const fields = parsed as { model?: unknown; stream?: unknown };
+      if (typeof fields.model === 'string') row.model = fields.model.slice(0, 200);
+      row.stream = fields.stream === true;
+    }
+
+    const record = await credentials.resolve(principal.tenant);
+    if (!record) fail(new ApiError('upstream_error', `Bulwark has no upstream credential for tenant '${principal.tenant}'.`));
+    const credential = (record as CredentialRecord).credential;
+
+    const abort = new AbortController();
+    const clientGone = () => abort.abort();
+    c.req.raw.signal.addEventListener('abort', clientGone, { once: true });
+    let response;
+    try {
+      response = await upstream.send({
+        method: c.req.method,
+        path: `${url.pathname}${url.search}`,
+        headers: upstreamHeaders(c.req.raw.headers, credential),
+        body,
+        signal: abort.signal,
+      });
+    } catch (err) {
+      c.req.raw.signal.removeEventListener('abort', clientGone);
+      if (abort.signal.aborted) {
+        finish(499, 'client_disconnected');
+        return new Response(null, { status: 499 });
+      }
+      const failure = classifyUpstreamError(err);
+      row.errorType = failure.cause;
+      return fail(new ApiError(failure.code, failure.message));
+    }
+    row.upstreamRequestId = headerValue(response.headers['request-id']);
+
+    if (response.statusCode === 401) {
+      // The upstream refused *our* credential; the client's key was fine, so it must not see a 401.
+      await response.body.dump().catch(() => {});
+      audit({ type: 'upstream.credential_refused', outcome: 'failure', tenantId: principal.tenant, keyId: principal.keyId, requestId: c.get('requestId'), details: { source: record?.source, credentialType: credential.type } });
+      row.errorType = 'upstream_credential_refused';
+      return fail(new ApiError('upstream_error', 'The upstream API refused the credential Bulwark holds for this tenant.'));
+    }
+
+    const headers = clientHeaders(response.headers);
+    headers.set('x-request-id', c.get('requestId'));
+    const contentType = headerValue(response.headers['content-type']) ?? undefined;
+    const sse = /^text\/event-stream\b/i.test(contentType ?? '');
+    const meter = new UsageMeter(contentType, started);
+    const status = response.statusCode;
+    const stream = passThrough({
+      body: response.body,
+      meter,
+      sse,
+      abortUpstream: () => abort.abort(),
+      streamErrorEvent: (error) => {
+        const failure = classifyUpstreamError(error);
+        const event = anthropicErrorBody('api_error', failure.message, c.get('requestId'));
+        return encoder.encode(`event: error\ndata: ${JSON.stringify(event)}\n\n`);
+      },
+      onEnd: (end: StreamEnd) => {
+        c.req.raw.signal.removeEventListener('abort', clientGone);
+        const usage = meter.finish();
+        row.model = usage.model ?? row.model;
+        row.inputTokens = usage.inputTokens;
+        row.outputTokens = usage.outputTokens;
+        row.cacheCreationInputTokens = usage.cacheCreationInputTokens;
+        row.cacheReadInputTokens = usage.cacheReadInputTokens;
+        row.firstTokenMs = usage.firstTokenMs;
+        if (end.kind === 'client_disconnected') return finish(status, 'client_disconnected');
+        if (end.kind === 'upstream_failed') return finish(status, classifyUpstreamError(end.error).cause);
+        finish(status, usage.errorType);
+      },
+    });
+    return new Response(stream, { status, headers });
+  }
+
+  const app = new Hono<BulwarkEnv>();
+  app.post('/v1/messages', write, (c) => forward(c, { body: 'json' }));
+  app.post('/v1/messages/count_tokens', write, (c) => forward(c, { body: 'json' }));
+  app.get('/v1/models', read, (c) => forward(c, { body: 'none' }));
+  app.get('/v1/models/:id', read, (c) => forward(c, { body: 'none' }));
+  app.all('/v1/*', write, (c) => {
+    const path = requestPath(c);
+    if (!allowed(path)) throw new ApiError('not_found', `Bulwark does not forward ${c.req.method} ${path}.`);
+    return forward(c, { body: c.req.method === 'GET' || c.req.method === 'HEAD' ? 'none' : 'raw' });
+  });
+  return app;
+}
+
+function headerValue(value: string | string[] | undefined): string | null {
+  return (Array.isArray(value) ? value[0] : value) ?? null;
+}

@@ -1,0 +1,294 @@
+/**
+ * The Anthropic proxy end to end: the official SDK against Bulwark in front of the wire-format
+ * stand-in, compared with the SDK straight against the stand-in; credentials per tenant; the
+ * requests rows; errors in Anthropic's shape; upstream faults.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import Anthropic from '@anthropic-ai/sdk';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
+import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
+
+const fakeUpstreamKey = () => `sk-ant-api03-${randomBytes(24).toString('hex')}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const MESSAGE = { model: 'claude-sonnet-4-5', max_tokens: 64, messages: [{ role: 'user' as const, content: 'hello there bulwark' }] };
+
+function writeCredential(b: TestBulwark, tenant: string, credential: Record<string, unknown>): string {
+  const dir = b.runtime.config.credentialsDir;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+  const file = path.join(dir, `${tenant}.json`);
+  writeFileSync(file, JSON.stringify(credential), { mode: 0o600 });
+  b.runtime.fileCredentials.scan();
+  return file;
+}
+
+async function rows(b: TestBulwark) {
+  await b.runtime.flush();
+  return b.runtime.database.db.selectFrom('requests').selectAll().orderBy('time').execute();
+}
+
+describe('Anthropic proxy', () => {
+  let upstream: StandIn;
+  let b: TestBulwark;
+  let upstreamKey: string;
+  let key: string;
+  let client: Anthropic;
+  let direct: Anthropic;
+
+  beforeAll(async () => {
+    upstream = await startAnthropicStandIn();
+    b = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: upstream.url }, { listen: true, file: { upstream: { firstByteTimeoutMs: 1_000, idleTimeoutMs: 1_000 } } });
+    upstreamKey = fakeUpstreamKey();
+    upstream.apiKeys.add(upstreamKey);
+    writeCredential(b, 'default', { type: 'api_key', api_key: upstreamKey });
+    key = (await b.createKey(['llm'])).key;
+    client = new Anthropic({ apiKey: key, baseURL: b.publicUrl, maxRetries: 0 });
+    direct = new Anthropic({ apiKey: upstreamKey, baseURL: upstream.url, maxRetries: 0 });
+  });
+  afterAll(async () => {
+    await b?.close();
+    await upstream?.close();
+  });
+  afterEach(() => {
+    upstream.fault = undefined;
+  });
+
+  it('returns from messages.create the same content and usage as the API directly', async () => {
+    const viaBulwark = await client.messages.create(MESSAGE);
+    const straight = await direct.messages.create(MESSAGE);
+    expect(viaBulwark.content).toEqual(straight.content);
+    expect(viaBulwark.usage).toEqual(straight.usage);
+    expect(viaBulwark.stop_reason).toBe(straight.stop_reason);
+  });
+
+  it('returns from messages.stream the same final message and usage as the API directly', async () => {
+    const viaBulwark = await client.messages.stream(MESSAGE).finalMessage();
+    const straight = await direct.messages.stream(MESSAGE).finalMessage();
+    expect(viaBulwark.content).toEqual(straight.content);
+    expect(viaBulwark.usage).toEqual(straight.usage);
+  });
+
+  it('passes the SSE stream through byte for byte', async () => {
+    const init = (apiKey: string) => ({
+      method: 'POST',
+      headers: { 'x-api-key': apiKey, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+      body: JSON.stringify({ ...MESSAGE, stream: true }),
+    });
+    const viaBulwark = await (await fetch(`${b.publicUrl}/v1/messages`, init(key))).text();
+    const straight = await (await fetch(`${upstream.url}/v1/messages`, init(upstreamKey))).text();
+    const normalise = (text: string) => text.replace(/msg_[A-Za-z0-9]+/g, 'msg_X');
+    expect(normalise(viaBulwark)).toBe(normalise(straight));
+    expect(viaBulwark).toContain('event: message_stop');
+  });
+
+  it('sends the tenant credential upstream, never the client key, and forwards anthropic-version and anthropic-beta', async () => {
+    upstream.requests.length = 0;
+    await fetch(`${b.publicUrl}/v1/messages`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'anthropic-version': '2023-06-01', 'anthropic-beta': 'a,b', 'content-type': 'application/json' },
+      body: JSON.stringify(MESSAGE),
+    });
+    const seen = upstream.requests.at(-1)!;
+    expect(seen.headers['x-api-key']).toBe(upstreamKey);
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(JSON.stringify(seen.headers)).not.toContain(key);
+    expect(seen.headers['anthropic-version']).toBe('2023-06-01');
+    expect(seen.headers['anthropic-beta']).toBe('a,b');
+  });
+
+  it('records one requests row per call with model, tokens, stream flag, status and first-token time', async () => {
+    const before = (await rows(b)).length;
+    const message = await client.messages.create(MESSAGE);
+    await client.messages.stream(MESSAGE).finalMessage();
+    const all = await rows(b);
+    expect(all.length).toBe(before + 2);
+    const [plain, streamed] = all.slice(-2);
+    expect(plain).toMatchObject({ tenant_id: 'default', model: MESSAGE.model, stream: false, status: 200, error_type: null, input_tokens: message.usage.input_tokens, output_tokens: message.usage.output_tokens, path: '/v1/messages' });
+    expect(streamed).toMatchObject({ stream: true, status: 200, input_tokens: message.usage.input_tokens, output_tokens: message.usage.output_tokens });
+    expect(streamed?.first_token_ms).toEqual(expect.any(Number));
+    expect(plain?.upstream_request_id).toMatch(/^req_/);
+  });
+
+  it('forwards count_tokens and the model list and lookup', async () => {
+    const counted = await client.messages.countTokens({ model: MESSAGE.model, messages: MESSAGE.messages });
+    expect(counted.input_tokens).toBeGreaterThan(0);
+    const models = await client.models.list();
+    expect(models.data.length).toBeGreaterThan(0);
+    const one = await client.models.retrieve(models.data[0]!.id);
+    expect(one.id).toBe(models.data[0]!.id);
+  });
+
+  it('raises the SDK AuthenticationError for a bad Bulwark key, in Anthropic error shape', async () => {
+    const bad = new Anthropic({ apiKey: `${key.slice(0, -4)}zzzz`, baseURL: b.publicUrl, maxRetries: 0 });
+    await expect(bad.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.AuthenticationError);
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', body: '{}' });
+    expect(response.status).toBe(401);
+    expect(await response.json()).toEqual({ type: 'error', error: { type: 'authentication_error', message: expect.any(String) }, request_id: response.headers.get('request-id') });
+  });
+
+  it('raises PermissionDeniedError for a key without the llm or write scope', async () => {
+    const reader = new Anthropic({ apiKey: (await b.createKey(['read'])).key, baseURL: b.publicUrl, maxRetries: 0 });
+    await expect(reader.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.PermissionDeniedError);
+    // Reading the model list is allowed with read.
+    expect((await reader.models.list()).data.length).toBeGreaterThan(0);
+  });
+
+  it('answers an unknown /v1 path with 404 not_found_error', async () => {
+    const response = await fetch(`${b.publicUrl}/v1/files`, { headers: { 'x-api-key': key } });
+    expect(response.status).toBe(404);
+    expect(((await response.json()) as { error: { type: string } }).error.type).toBe('not_found_error');
+  });
+
+  it('answers a body that is not JSON with 400 invalid_request_error, and records the call', async () => {
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'content-type': 'application/json' }, body: '{"model":' });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: { type: string } }).error.type).toBe('invalid_request_error');
+    expect((await rows(b)).at(-1)).toMatchObject({ status: 400, error_type: 'invalid_json' });
+  });
+
+  it('passes upstream errors through so the SDK raises the matching class', async () => {
+    upstream.fault = { kind: 'status', status: 529, type: 'overloaded_error' };
+    await expect(client.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.InternalServerError);
+    upstream.fault = { kind: 'status', status: 429, type: 'rate_limit_error', retryAfterSeconds: 3 };
+    await expect(client.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.RateLimitError);
+  });
+
+  it('answers 502 api_error, not 401, when upstream refuses the tenant credential, and audits it', async () => {
+    upstream.apiKeys.delete(upstreamKey);
+    try {
+      const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify(MESSAGE) });
+      expect(response.status).toBe(502);
+      expect(((await response.json()) as { error: { type: string } }).error.type).toBe('api_error');
+    } finally {
+      upstream.apiKeys.add(upstreamKey);
+    }
+    await b.runtime.flush();
+    const events = await b.runtime.auditReader.tail({ type: 'upstream.credential_refused' });
+    expect(events.at(-1)?.tenantId).toBe('default');
+  });
+
+  it('answers 504 when upstream sends no headers in time', async () => {
+    upstream.fault = { kind: 'delay-headers', ms: 2_000 };
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify(MESSAGE) });
+    expect(response.status).toBe(504);
+    expect(((await response.json()) as { error: { type: string } }).error.type).toBe('api_error');
+    expect((await rows(b)).at(-1)).toMatchObject({ status: 504, error_type: 'first_byte_timeout' });
+  });
+
+  it('ends a stream that upstream resets with an SSE error event, and records it', async () => {
+    upstream.fault = { kind: 'reset-stream', afterEvents: 3 };
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify({ ...MESSAGE, stream: true }) });
+    const text = await response.text();
+    expect(text).toContain('event: message_start');
+    expect(text.trimEnd()).toMatch(/event: error\ndata: \{"type":"error","error":\{"type":"api_error"/);
+    const row = (await rows(b)).at(-1);
+    expect(row?.stream).toBe(true);
+    expect(row?.error_type).not.toBeNull();
+  });
+
+  it('ends a stream that goes silent with an SSE error event after the idle timeout', async () => {
+    upstream.fault = { kind: 'stall-stream', afterEvents: 2 };
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify({ ...MESSAGE, stream: true }) });
+    expect(await response.text()).toContain('event: error');
+    expect((await rows(b)).at(-1)).toMatchObject({ error_type: 'idle_timeout' });
+  });
+
+  it('aborts the upstream request when the client disconnects mid-stream', async () => {
+    const abortedBefore = upstream.abortedStreams;
+    const controller = new AbortController();
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', signal: controller.signal, headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify({ ...MESSAGE, max_tokens: 2000, messages: [{ role: 'user', content: 'word '.repeat(400) }], stream: true }) });
+    const reader = response.body!.getReader();
+    await reader.read();
+    controller.abort();
+    for (let i = 0; i < 50 && upstream.abortedStreams === abortedBefore; i++) await sleep(20);
+    expect(upstream.abortedStreams).toBeGreaterThan(abortedBefore);
+    await sleep(50);
+    expect((await rows(b)).at(-1)).toMatchObject({ error_type: 'client_disconnected' });
+  });
+
+  it('answers 502 when upstream cannot be reached', async () => {
+    const down = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: 'http://127.0.0.1:9' }, { listen: true });
+    try {
+      writeCredential(down, 'default', { type: 'api_key', api_key: fakeUpstreamKey() });
+      const k = (await down.createKey(['llm'])).key;
+      const response = await fetch(`${down.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': k, 'content-type': 'application/json' }, body: JSON.stringify(MESSAGE) });
+      expect(response.status).toBe(502);
+      expect(((await response.json()) as { error: { type: string } }).error.type).toBe('api_error');
+    } finally {
+      await down.close();
+    }
+  });
+
+  describe('credentials per tenant', () => {
+    it("never uses another tenant's credential", async () => {
+      expect((await b.runtime.keyService.createTenant(OPERATOR, 'acme')).ok).toBe(true);
+      const acmeUpstream = fakeUpstreamKey();
+      upstream.apiKeys.add(acmeUpstream);
+      writeCredential(b, 'acme', { type: 'api_key', api_key: acmeUpstream });
+      const acmeKey = (await b.createKey(['llm'], { tenant: 'acme' })).key;
+      upstream.requests.length = 0;
+      await new Anthropic({ apiKey: acmeKey, baseURL: b.publicUrl, maxRetries: 0 }).messages.create(MESSAGE);
+      await client.messages.create(MESSAGE);
+      expect(upstream.requests.map((r) => r.headers['x-api-key'])).toEqual([acmeUpstream, upstreamKey]);
+    });
+
+    it('answers 502 for a tenant with no upstream credential', async () => {
+      expect((await b.runtime.keyService.createTenant(OPERATOR, 'empty')).ok).toBe(true);
+      const emptyKey = (await b.createKey(['llm'], { tenant: 'empty' })).key;
+      const sdk = new Anthropic({ apiKey: emptyKey, baseURL: b.publicUrl, maxRetries: 0 });
+      await expect(sdk.messages.create(MESSAGE)).rejects.toMatchObject({ status: 502 });
+    });
+
+    it('takes a credential file edited in place into use within 2 s', async () => {
+      expect((await b.runtime.keyService.createTenant(OPERATOR, 'hot')).ok).toBe(true);
+      const first = fakeUpstreamKey();
+      const second = fakeUpstreamKey();
+      upstream.apiKeys.add(first);
+      upstream.apiKeys.add(second);
+      const file = writeCredential(b, 'hot', { type: 'api_key', api_key: first });
+      const hotKey = (await b.createKey(['llm'], { tenant: 'hot' })).key;
+      const sdk = new Anthropic({ apiKey: hotKey, baseURL: b.publicUrl, maxRetries: 0 });
+      await sdk.messages.create(MESSAGE);
+      expect(upstream.requests.at(-1)?.headers['x-api-key']).toBe(first);
+      writeFileSync(file, JSON.stringify({ type: 'api_key', api_key: second })); // in place, same inode
+      await sleep(2_000);
+      await sdk.messages.create(MESSAGE);
+      expect(upstream.requests.at(-1)?.headers['x-api-key']).toBe(second);
+    });
+
+    it('keeps the last good credential when a file turns invalid, and audits it', async () => {
+      const file = path.join(b.runtime.config.credentialsDir, 'default.json');
+      const good = readFileSync(file, 'utf8');
+      writeFileSync(file, '{ not json');
+      b.runtime.fileCredentials.scan();
+      try {
+        await client.messages.create(MESSAGE);
+        expect(upstream.requests.at(-1)?.headers['x-api-key']).toBe(upstreamKey);
+        await b.runtime.flush();
+        const invalid = await b.runtime.auditReader.tail({ type: 'credentials.invalid' });
+        expect(invalid.at(-1)?.details).toMatchObject({ reason: 'is not valid JSON', keptPrevious: true });
+        expect(JSON.stringify(invalid)).not.toContain(upstreamKey);
+      } finally {
+        writeFileSync(file, good);
+        b.runtime.fileCredentials.scan();
+      }
+    });
+
+    it('uses a credential kept in the store, encrypted so the database holds no plaintext', async () => {
+      expect((await b.runtime.keyService.createTenant(OPERATOR, 'stored')).ok).toBe(true);
+      const secret = fakeUpstreamKey();
+      upstream.apiKeys.add(secret);
+      await b.runtime.storedCredentials.set('stored', { type: 'api_key', apiKey: secret });
+      const storedKey = (await b.createKey(['llm'], { tenant: 'stored' })).key;
+      await new Anthropic({ apiKey: storedKey, baseURL: b.publicUrl, maxRetries: 0 }).messages.create(MESSAGE);
+      expect(upstream.requests.at(-1)?.headers['x-api-key']).toBe(secret);
+      const dump = JSON.stringify(await b.runtime.database.db.selectFrom('upstream_credentials').selectAll().execute());
+      expect(dump).not.toContain(secret);
+      expect(dump).toContain('"secret":"v1.');
+    });
+  });
+});
