@@ -4,12 +4,13 @@
  * requests rows; errors in Anthropic's shape; upstream faults.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
-import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
+import { StoredCredentials } from '../src/proxy/credentials.js';
+import { OAUTH_TOKEN_PATH, type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
 
 const fakeUpstreamKey = () => `sk-ant-api03-${randomBytes(24).toString('hex')}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -290,5 +291,102 @@ describe('Anthropic proxy', () => {
       expect(dump).not.toContain(secret);
       expect(dump).toContain('"secret":"v1.');
     });
+  });
+});
+
+describe('OAuth upstream credentials', () => {
+  let upstream: StandIn;
+  let b: TestBulwark;
+  let key: string;
+  const token = (kind: 'oat' | 'ort') => `sk-ant-${kind}01-${randomBytes(24).toString('hex')}`;
+
+  beforeAll(async () => {
+    upstream = await startAnthropicStandIn();
+    b = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: upstream.url }, { listen: true, file: { upstream: { oauthTokenUrl: `${upstream.url}${OAUTH_TOKEN_PATH}` } } });
+    key = (await b.createKey(['llm'])).key;
+  });
+  afterAll(async () => {
+    await b?.close();
+    await upstream?.close();
+  });
+
+  /** A tenant credential file with an access token that expires in `seconds`. */
+  function oauthFile(seconds: number) {
+    const access = token('oat');
+    const refresh = token('ort');
+    upstream.accessTokens.add(access);
+    upstream.refreshTokens.add(refresh);
+    const file = writeCredential(b, 'default', { type: 'oauth', access_token: access, refresh_token: refresh, expires_at: Math.floor(Date.now() / 1000) + seconds });
+    return { access, refresh, file };
+  }
+
+  it('refreshes once for 20 concurrent requests near expiry, and persists the rotated token with mode 600', async () => {
+    const { refresh, file } = oauthFile(30);
+    const before = upstream.tokenRequests;
+    const sdk = new Anthropic({ apiKey: key, baseURL: b.publicUrl, maxRetries: 0 });
+    const results = await Promise.all(Array.from({ length: 20 }, () => sdk.messages.create(MESSAGE)));
+    expect(results).toHaveLength(20);
+    expect(upstream.tokenRequests - before).toBe(1);
+    const onDisk = JSON.parse(readFileSync(file, 'utf8')) as { refresh_token: string; access_token: string; expires_at: number };
+    expect(onDisk.refresh_token).not.toBe(refresh);
+    expect(upstream.refreshTokens.has(onDisk.refresh_token)).toBe(true);
+    expect(upstream.refreshTokens.has(refresh)).toBe(false);
+    expect(onDisk.expires_at * 1000).toBeGreaterThan(Date.now() + 600_000);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(upstream.requests.at(-1)?.headers.authorization).toBe(`Bearer ${onDisk.access_token}`);
+  });
+
+  it("merges oauth-2025-04-20 into the client's anthropic-beta list, keeping order and dropping duplicates", async () => {
+    oauthFile(3600);
+    for (const [sent, expected] of [
+      ['a,b', 'a,b,oauth-2025-04-20'],
+      ['a, oauth-2025-04-20 ,b', 'a,oauth-2025-04-20,b'],
+      [undefined, 'oauth-2025-04-20'],
+    ] as const) {
+      await fetch(`${b.publicUrl}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json', ...(sent ? { 'anthropic-beta': sent } : {}) },
+        body: JSON.stringify(MESSAGE),
+      });
+      expect(upstream.requests.at(-1)?.headers['anthropic-beta']).toBe(expected);
+    }
+  });
+
+  it('refreshes and retries once when upstream refuses an unexpired access token', async () => {
+    const { access } = oauthFile(3600);
+    upstream.accessTokens.delete(access); // revoked upstream before its time
+    const before = upstream.tokenRequests;
+    const message = await new Anthropic({ apiKey: key, baseURL: b.publicUrl, maxRetries: 0 }).messages.create(MESSAGE);
+    expect(message.content.length).toBeGreaterThan(0);
+    expect(upstream.tokenRequests - before).toBe(1);
+  });
+
+  it('answers 502 api_error (never 401) when the refresh fails, and audits it', async () => {
+    oauthFile(10);
+    upstream.fault = { kind: 'refuse-oauth' };
+    const sdk = new Anthropic({ apiKey: key, baseURL: b.publicUrl, maxRetries: 0 });
+    const error = await sdk.messages.create(MESSAGE).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Anthropic.InternalServerError);
+    expect((error as InstanceType<typeof Anthropic.APIError>).status).toBe(502);
+    await b.runtime.flush();
+    const failed = await b.runtime.auditReader.tail({ type: 'credentials.refresh_failed' });
+    expect(failed.at(-1)).toMatchObject({ tenantId: 'default', details: expect.objectContaining({ reason: 'refresh_refused', status: 400 }) });
+    expect((await rows(b)).at(-1)).toMatchObject({ status: 502, error_type: 'upstream_credential_refresh_failed' });
+  });
+
+  it('persists a refreshed credential that lives in the store back to the store, encrypted', async () => {
+    expect((await b.runtime.keyService.createTenant(OPERATOR, 'vault')).ok).toBe(true);
+    const access = token('oat');
+    const refresh = token('ort');
+    upstream.accessTokens.add(access);
+    upstream.refreshTokens.add(refresh);
+    await b.runtime.storedCredentials.set('vault', { type: 'oauth', accessToken: access, refreshToken: refresh, expiresAt: Date.now() + 5_000 });
+    const vaultKey = (await b.createKey(['llm'], { tenant: 'vault' })).key;
+    await new Anthropic({ apiKey: vaultKey, baseURL: b.publicUrl, maxRetries: 0 }).messages.create(MESSAGE);
+    const stored = await new StoredCredentials({ db: b.runtime.database.db, keyRing: b.runtime.keyRing, cacheMs: 0 }).get('vault');
+    expect(stored?.credential).toMatchObject({ type: 'oauth', refreshToken: expect.not.stringMatching(refresh) });
+    expect(upstream.refreshTokens.has((stored?.credential as { refreshToken: string }).refreshToken)).toBe(true);
+    const dump = JSON.stringify(await b.runtime.database.db.selectFrom('upstream_credentials').selectAll().execute());
+    expect(dump).not.toContain((stored?.credential as { refreshToken: string }).refreshToken);
   });
 });

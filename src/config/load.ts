@@ -39,6 +39,9 @@ export interface Config {
     readonly firstByteTimeoutMs: number;
     readonly idleTimeoutMs: number;
     readonly allowPaths: readonly string[];
+    readonly oauthTokenUrl: string;
+    readonly oauthClientId: string;
+    readonly oauthRefreshBeforeSeconds: number;
   };
   readonly credentialsDir: string;
   readonly storage: { readonly bodies: boolean; readonly retentionDays: number };

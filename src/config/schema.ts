@@ -10,6 +10,9 @@ const nonEmpty = z.string().min(1);
 /** A PostgreSQL schema name we are willing to interpolate into `SET search_path`. */
 const identifier = z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier');
 
+export const DEFAULT_OAUTH_TOKEN_URL = 'https://console.anthropic.com/v1/oauth/token';
+export const DEFAULT_OAUTH_CLIENT_ID = '9d1c250a-e61b-44d9-88ed-5944d1962f5e';
+
 export const SCOPE_PATTERN = /^[a-z][a-z0-9_-]*(:[A-Za-z0-9_.*-]+)?$/;
 const scope = z.string().regex(SCOPE_PATTERN, 'is not a valid scope');
 
@@ -56,8 +59,23 @@ export const FileConfigSchema = z.strictObject({
       idleTimeoutMs: z.number().int().min(100).max(3_600_000).default(300_000),
       /** Further /v1 paths forwarded as they are (exact, or a prefix ending in *). */
       allowPaths: z.array(z.string().regex(/^\/v1\/[A-Za-z0-9_./*-]*$/, 'must be a /v1/ path')).default([]),
+      /** Where OAuth refresh tokens are exchanged (Claude's console token endpoint). */
+      oauthTokenUrl: z.url().default(DEFAULT_OAUTH_TOKEN_URL),
+      /** The OAuth client the tokens were issued to (Claude Code's public client id by default). */
+      oauthClientId: z.string().min(1).default(DEFAULT_OAUTH_CLIENT_ID),
+      /** Refresh an access token when fewer seconds than this remain. */
+      oauthRefreshBeforeSeconds: z.number().int().min(0).max(3600).default(60),
     })
-    .default({ url: 'https://api.anthropic.com', connectTimeoutMs: 10_000, firstByteTimeoutMs: 600_000, idleTimeoutMs: 300_000, allowPaths: [] }),
+    .default({
+      url: 'https://api.anthropic.com',
+      connectTimeoutMs: 10_000,
+      firstByteTimeoutMs: 600_000,
+      idleTimeoutMs: 300_000,
+      allowPaths: [],
+      oauthTokenUrl: DEFAULT_OAUTH_TOKEN_URL,
+      oauthClientId: DEFAULT_OAUTH_CLIENT_ID,
+      oauthRefreshBeforeSeconds: 60,
+    }),
   credentialsDir: nonEmpty.optional(),
   storage: z
     .strictObject({ bodies: z.boolean().default(false), retentionDays: z.number().int().min(1).default(30) })

@@ -46,6 +46,7 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
     proxyRoutes({
       upstream: runtime.upstream,
       credentials: runtime.credentials,
+      oauth: runtime.oauth,
       requestLog: runtime.requestLog,
       audit: runtime.audit,
       allowPaths: runtime.config.upstream.allowPaths,

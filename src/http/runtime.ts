@@ -18,6 +18,7 @@ import { KeyRepository, TenantRepository } from '../store/repositories.js';
 import { WriteBehind, type WriteBehindReport, isDataError } from '../store/write-behind.js';
 import { FileCredentials, StoredCredentials } from '../proxy/credentials.js';
 import { ProxyManagement } from '../proxy/management.js';
+import { OAuthRefresher } from '../proxy/oauth.js';
 import { RequestLog } from '../proxy/request-log.js';
 import type { CredentialResolver } from '../proxy/routes.js';
 import { Upstream } from '../proxy/upstream.js';
@@ -33,6 +34,7 @@ export interface Runtime {
   readonly storedCredentials: StoredCredentials;
   readonly credentials: CredentialResolver;
   readonly upstream: Upstream;
+  readonly oauth: OAuthRefresher;
   readonly requestLog: RequestLog;
   readonly proxyManagement: ProxyManagement;
   readonly logger: Logger;
@@ -152,6 +154,17 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     firstByteTimeoutMs: config.upstream.firstByteTimeoutMs,
     idleTimeoutMs: config.upstream.idleTimeoutMs,
   });
+  const oauth = new OAuthRefresher({
+    tokenUrl: config.upstream.oauthTokenUrl,
+    clientId: config.upstream.oauthClientId,
+    refreshBeforeMs: config.upstream.oauthRefreshBeforeSeconds * 1000,
+    persist: async (record, credential) => {
+      if (record.source === 'file') fileCredentials.persist(record.tenant, credential);
+      else await storedCredentials.set(record.tenant, credential);
+    },
+    audit,
+    logError: (message, fields) => logger.error(fields, message),
+  });
   const requestLog = new RequestLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
 
   const keyService = new KeyService({
@@ -176,6 +189,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     storedCredentials,
     credentials,
     upstream,
+    oauth,
     requestLog,
     logger,
     database,

@@ -11,7 +11,8 @@ import { requireScope } from '../auth/middleware.js';
 import { clientIp, requestPath } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError, anthropicErrorBody } from '../http/errors.js';
-import type { CredentialRecord } from './credentials.js';
+import type { CredentialRecord, UpstreamCredential } from './credentials.js';
+import type { OAuthRefresher } from './oauth.js';
 import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
 import { type Upstream, classifyUpstreamError } from './upstream.js';
@@ -24,6 +25,7 @@ export interface CredentialResolver {
 export interface ProxyOptions {
   upstream: Upstream;
   credentials: CredentialResolver;
+  oauth: OAuthRefresher;
   requestLog: RequestLog;
   audit: (event: AuditEventInput) => void;
   /** Further `/v1/...` paths (exact, or ending in `*`) forwarded as they are. */
@@ -46,7 +48,7 @@ interface Forward {
 const encoder = new TextEncoder();
 
 export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
-  const { upstream, credentials, requestLog, audit, allowPaths = [] } = options;
+  const { upstream, credentials, oauth, requestLog, audit, allowPaths = [] } = options;
   const write = requireScope(['llm', 'write'], { audit });
   const read = requireScope(['llm', 'read'], { audit });
   const allowed = (path: string) => allowPaths.some((p) => (p.endsWith('*') ? path.startsWith(p.slice(0, -1)) : path === p));
@@ -106,38 +108,57 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       row.stream = fields.stream === true;
     }
 
-    const record = await credentials.resolve(principal.tenant);
-    if (!record) fail(new ApiError('upstream_error', `Bulwark has no upstream credential for tenant '${principal.tenant}'.`));
-    const credential = (record as CredentialRecord).credential;
+    const resolved = await credentials.resolve(principal.tenant);
+    if (!resolved) return fail(new ApiError('upstream_error', `Bulwark has no upstream credential for tenant '${principal.tenant}'.`));
+    const record = resolved;
+    const refreshFailed = () => {
+      row.errorType = 'upstream_credential_refresh_failed';
+      return fail(new ApiError('upstream_error', 'The upstream credential for this tenant could not be refreshed.'));
+    };
+    const fresh = await oauth.ensureFresh(record);
+    if (!fresh.ok) return refreshFailed();
+    let credential = fresh.credential;
 
     const abort = new AbortController();
     const clientGone = () => abort.abort();
     c.req.raw.signal.addEventListener('abort', clientGone, { once: true });
-    let response;
-    try {
-      response = await upstream.send({
-        method: c.req.method,
-        path: `${url.pathname}${url.search}`,
-        headers: upstreamHeaders(c.req.raw.headers, credential),
-        body,
-        signal: abort.signal,
-      });
-    } catch (err) {
-      c.req.raw.signal.removeEventListener('abort', clientGone);
-      if (abort.signal.aborted) {
-        finish(499, 'client_disconnected');
-        return new Response(null, { status: 499 });
+    const send = async (using: UpstreamCredential) => {
+      try {
+        return await upstream.send({
+          method: c.req.method,
+          path: `${url.pathname}${url.search}`,
+          headers: upstreamHeaders(c.req.raw.headers, using),
+          body,
+          signal: abort.signal,
+        });
+      } catch (err) {
+        c.req.raw.signal.removeEventListener('abort', clientGone);
+        if (abort.signal.aborted) return undefined;
+        const failure = classifyUpstreamError(err);
+        row.errorType = failure.cause;
+        return fail(new ApiError(failure.code, failure.message));
       }
-      const failure = classifyUpstreamError(err);
-      row.errorType = failure.cause;
-      return fail(new ApiError(failure.code, failure.message));
+    };
+    let response = await send(credential);
+    if (response?.statusCode === 401 && credential.type === 'oauth') {
+      // The token may have been revoked or expired early: refresh once and retry. No byte has
+      // reached the client yet, so this is safe for streaming requests too.
+      await response.body.dump().catch(() => {});
+      const again = await oauth.afterRejection(record, credential);
+      if (!again.ok) return refreshFailed();
+      credential = again.credential;
+      response = await send(credential);
+    }
+    if (!response) {
+      finish(499, 'client_disconnected');
+      return new Response(null, { status: 499 });
     }
     row.upstreamRequestId = headerValue(response.headers['request-id']);
 
     if (response.statusCode === 401) {
       // The upstream refused *our* credential; the client's key was fine, so it must not see a 401.
       await response.body.dump().catch(() => {});
-      audit({ type: 'upstream.credential_refused', outcome: 'failure', tenantId: principal.tenant, keyId: principal.keyId, requestId: c.get('requestId'), details: { source: record?.source, credentialType: credential.type } });
+      audit({ type: 'upstream.credential_refused', outcome: 'failure', tenantId: principal.tenant, keyId: principal.keyId, requestId: c.get('requestId'), details: { source: record.source, credentialType: credential.type } });
       row.errorType = 'upstream_credential_refused';
       return fail(new ApiError('upstream_error', 'The upstream API refused the credential Bulwark holds for this tenant.'));
     }
