@@ -10,7 +10,7 @@
 import { type IncomingHttpHeaders, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pipeline } from 'node:stream/promises';
-import { Pool } from 'undici';
+import { type Dispatcher, Pool } from 'undici';
 
 const upstreamUrl = process.argv[2];
 if (!upstreamUrl) throw new Error('bare proxy: pass the upstream URL as the first argument');
@@ -34,12 +34,13 @@ const server = createServer((req, res) => {
   res.once('close', () => {
     if (!res.writableFinished) abort.abort();
   });
+  const method = (req.method ?? 'GET') as Dispatcher.HttpMethod;
   pool
     .request({
-      method: 'POST',
+      method,
       path: req.url ?? '/',
       headers: forwardable(req.headers),
-      body: req,
+      body: method === 'GET' || method === 'HEAD' ? null : req,
       signal: abort.signal,
     })
     .then(async (upstream) => {

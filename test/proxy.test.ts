@@ -390,3 +390,121 @@ describe('OAuth upstream credentials', () => {
     expect(dump).not.toContain((stored?.credential as { refreshToken: string }).refreshToken);
   });
 });
+
+describe('limits, budgets and model allow-lists', () => {
+  let upstream: StandIn;
+  let b: TestBulwark;
+
+  beforeAll(async () => {
+    upstream = await startAnthropicStandIn();
+    b = await startTestBulwark(
+      'pglite',
+      { BULWARK_UPSTREAM_URL: upstream.url },
+      {
+        listen: true,
+        file: {
+          prices: { 'claude-sonnet-*': { input: 3, output: 15 } },
+          limits: { tenants: { capped: { requestsPerMinute: 2 } } },
+        },
+      },
+    );
+    const upstreamKey = fakeUpstreamKey();
+    upstream.apiKeys.add(upstreamKey);
+    writeCredential(b, 'default', { type: 'api_key', api_key: upstreamKey });
+    writeCredential(b, 'capped', { type: 'api_key', api_key: upstreamKey });
+    expect((await b.runtime.keyService.createTenant(OPERATOR, 'capped')).ok).toBe(true);
+  });
+  afterAll(async () => {
+    await b?.close();
+    await upstream?.close();
+  });
+
+  async function keyWith(limits: Record<string, unknown>, tenant?: string) {
+    const result = await b.runtime.keyService.createKey(OPERATOR, { name: 'limited', scopes: ['llm'], limits, tenant });
+    if (!result.ok) throw new Error(result.message);
+    return new Anthropic({ apiKey: result.value.key, baseURL: b.publicUrl, maxRetries: 0 });
+  }
+
+  it('raises RateLimitError with retry-after and anthropic-ratelimit headers past requests per minute, and audits it', async () => {
+    const sdk = await keyWith({ requestsPerMinute: 2 });
+    const ok = await sdk.messages.create(MESSAGE).withResponse();
+    expect(ok.response.headers.get('anthropic-ratelimit-requests-limit')).toBe('2');
+    expect(ok.response.headers.get('anthropic-ratelimit-requests-remaining')).toBe('1');
+    await sdk.messages.create(MESSAGE);
+    const error = await sdk.messages.create(MESSAGE).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Anthropic.RateLimitError);
+    const headers = (error as InstanceType<typeof Anthropic.RateLimitError>).headers;
+    expect(Number(headers?.get('retry-after'))).toBeGreaterThan(0);
+    expect(headers?.get('anthropic-ratelimit-requests-remaining')).toBe('0');
+    await b.runtime.flush();
+    const events = await b.runtime.auditReader.tail({ type: 'limit.exceeded' });
+    expect(events.at(-1)?.details).toMatchObject({ subject: 'key', rule: 'requestsPerMinute', limit: 2 });
+  });
+
+  it('raises RateLimitError for an over-budget key (dollars per day)', async () => {
+    // A call reserves (input estimate + 64 output tokens) at $3/$15 per million, about $0.0011,
+    // and settles at its actual cost, about $0.0001: about five calls fit in $0.0015.
+    const sdk = await keyWith({ usdPerDay: 0.0015 });
+    let limited: unknown;
+    for (let i = 0; i < 10 && !limited; i++) limited = await sdk.messages.create(MESSAGE).then(() => undefined, (e: unknown) => e);
+    expect(limited).toBeInstanceOf(Anthropic.RateLimitError);
+    const spent = (await rows(b)).filter((r) => r.status === 200 && r.cost_usd > 0);
+    expect(spent.length).toBeGreaterThan(0);
+  });
+
+  it('never lets concurrent calls overspend a token budget', async () => {
+    // Each call may use its input (estimated) plus max_tokens 200: about 245 tokens reserved, so
+    // at most two calls fit in 600 at once. Upstream holds every call for 300 ms, so all twelve
+    // are in flight together: a gateway that checked only settled usage would let all through.
+    const limit = 600;
+    const sdk = await keyWith({ tokensPerDay: limit });
+    upstream.fault = { kind: 'delay-headers', ms: 300, times: 12 };
+    const results = await Promise.allSettled(Array.from({ length: 12 }, () => sdk.messages.create({ ...MESSAGE, max_tokens: 200 })));
+    upstream.fault = undefined;
+    const ok = results.filter((r) => r.status === 'fulfilled') as PromiseFulfilledResult<Anthropic.Message>[];
+    expect(ok.length).toBeGreaterThan(0);
+    expect(ok.length).toBeLessThanOrEqual(2);
+    expect(results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason instanceof Anthropic.RateLimitError)).toBe(true);
+  });
+
+  it('starts a day budget from the calls already stored, so a restart does not reset it', async () => {
+    const created = await b.runtime.keyService.createKey(OPERATOR, { name: 'restarted', scopes: ['llm'], limits: { tokensPerDay: 1_000 } });
+    if (!created.ok) throw new Error(created.message);
+    b.runtime.requestLog.record({
+      id: `seed-${created.value.id}`, time: new Date().toISOString(), tenantId: 'default', keyId: created.value.id, method: 'POST', path: '/v1/messages', model: MESSAGE.model,
+      stream: false, status: 200, errorType: null, inputTokens: 990, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0, costUsd: 0, latencyMs: 1, firstTokenMs: null,
+      ip: null, userAgent: null, requestId: null, upstreamRequestId: null, requestBody: null, responseBody: null,
+    });
+    await b.runtime.flush();
+    const sdk = new Anthropic({ apiKey: created.value.key, baseURL: b.publicUrl, maxRetries: 0 });
+    await expect(sdk.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.RateLimitError);
+  });
+
+  it('applies a tenant limit from the config to all of its keys together', async () => {
+    const one = await keyWith({}, 'capped');
+    const two = await keyWith({}, 'capped');
+    await one.messages.create(MESSAGE);
+    await two.messages.create(MESSAGE);
+    await expect(one.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.RateLimitError);
+  });
+
+  it('refuses a model outside the allow-list with PermissionDeniedError naming it', async () => {
+    const sdk = await keyWith({ models: ['claude-haiku-*'] });
+    const error = await sdk.messages.create(MESSAGE).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Anthropic.PermissionDeniedError);
+    expect(String((error as Error).message)).toContain(MESSAGE.model);
+    expect((await sdk.messages.create({ ...MESSAGE, model: 'claude-haiku-4-5' })).content.length).toBeGreaterThan(0);
+  });
+
+  it('refuses a dollar-budgeted call to a model without a price, since the budget cannot be enforced', async () => {
+    const sdk = await keyWith({ usdPerMonth: 10 });
+    await expect(sdk.messages.create({ ...MESSAGE, model: 'claude-opus-4-1' })).rejects.toBeInstanceOf(Anthropic.PermissionDeniedError);
+  });
+
+  it('records the cost of each call from the price table', async () => {
+    const sdk = await keyWith({});
+    const message = await sdk.messages.create(MESSAGE);
+    const row = (await rows(b)).at(-1);
+    expect(row?.cost_usd).toBeCloseTo((message.usage.input_tokens * 3 + message.usage.output_tokens * 15) / 1_000_000, 12);
+  });
+});

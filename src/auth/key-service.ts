@@ -8,6 +8,7 @@ import type { AuditEventInput } from '../audit/log.js';
 import type { KeyRepository, KeyRow, TenantRepository } from '../store/repositories.js';
 import { type KeyHasher, type KeyPrefix, generateKey } from './keys.js';
 import { DEFAULT_TENANT, type Principal, crossesTenants } from './principal.js';
+import { LimitSetSchema } from '../config/schema.js';
 import { isValidScope } from './scopes.js';
 
 export interface KeyView {
@@ -22,6 +23,8 @@ export interface KeyView {
   revokedAt: string | null;
   lastUsedAt: string | null;
   rotatedFrom: string | null;
+  /** Limits of this key (per minute, day and month; dollars; models). */
+  limits: Record<string, unknown>;
 }
 
 export interface CreatedKey extends KeyView {
@@ -55,6 +58,8 @@ export interface CreateKeyInput {
   tenant?: string | undefined;
   /** Lifetime such as `30d`, `12h`, `90m`. */
   expiresIn?: string | undefined;
+  /** Limits of this key; see `LimitSetSchema`. */
+  limits?: Record<string, unknown> | undefined;
 }
 
 export interface KeyServiceOptions {
@@ -101,6 +106,7 @@ export function keyView(row: KeyRow, now: Date): KeyView {
     revokedAt: iso(row.revoked_at),
     lastUsedAt: iso(row.last_used_at),
     rotatedFrom: row.rotated_from,
+    limits: row.limits ?? {},
   };
 }
 
@@ -127,12 +133,21 @@ export class KeyService {
       if (ms === undefined) return { ok: false, code: 'validation_failed', message: `expires: '${input.expiresIn}' is not a duration like 30d, 12h or 90m (at most ten years).` };
       expiresAt = new Date(this.#now().getTime() + ms);
     }
+    let limits: Record<string, unknown> | undefined;
+    if (input.limits !== undefined) {
+      const parsed = LimitSetSchema.safeParse(input.limits);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        return { ok: false, code: 'validation_failed', message: `limits.${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}` };
+      }
+      limits = parsed.data;
+    }
     if (tenant === DEFAULT_TENANT) await this.#o.tenants.ensure(DEFAULT_TENANT, 'Default tenant');
     else if (!(await this.#o.tenants.find(tenant))) {
       return { ok: false, code: 'not_found', message: `Tenant '${tenant}' does not exist; create it first (bulwark tenants create ${tenant}).` };
     }
-    const created = await this.#insertKey({ name: input.name, scopes: input.scopes, tenant, expiresAt, rotatedFrom: null });
-    this.#audit(actor, 'key.created', created.id, created.tenant, { name: created.name, scopes: created.scopes, expiresAt: created.expiresAt });
+    const created = await this.#insertKey({ name: input.name, scopes: input.scopes, tenant, expiresAt, rotatedFrom: null, limits });
+    this.#audit(actor, 'key.created', created.id, created.tenant, { name: created.name, scopes: created.scopes, expiresAt: created.expiresAt, limits: created.limits });
     return { ok: true, value: created };
   }
 
@@ -187,7 +202,7 @@ export class KeyService {
     }
     // One transaction: a failure can never leave both the old and an unseen new key valid.
     const created = await this.#o.keys.transaction(async (keys) => {
-      const fresh = await this.#insertKey({ name: old.name, scopes: old.scopes, tenant: old.tenant_id, expiresAt: old.expires_at, rotatedFrom: old.id }, keys);
+      const fresh = await this.#insertKey({ name: old.name, scopes: old.scopes, tenant: old.tenant_id, expiresAt: old.expires_at, rotatedFrom: old.id, limits: old.limits }, keys);
       if (graceMs > 0) await keys.expireBy(old.id, new Date(now.getTime() + graceMs));
       else await keys.revoke(old.id, now);
       return fresh;
@@ -222,7 +237,7 @@ export class KeyService {
   }
 
   async #insertKey(
-    input: { name: string; scopes: readonly string[]; tenant: string; expiresAt: Date | null; rotatedFrom: string | null },
+    input: { name: string; scopes: readonly string[]; tenant: string; expiresAt: Date | null; rotatedFrom: string | null; limits?: Record<string, unknown> | undefined },
     keys: KeyRepository = this.#o.keys,
   ): Promise<CreatedKey> {
     const generated = generateKey(this.#o.prefix);
@@ -236,6 +251,7 @@ export class KeyService {
       scopes: input.scopes,
       expiresAt: input.expiresAt,
       rotatedFrom: input.rotatedFrom,
+      ...(input.limits ? { limits: input.limits } : {}),
     });
     return { ...keyView(row, this.#now()), key: generated.plaintext };
   }

@@ -20,6 +20,8 @@ export interface Principal {
   keyName: string;
   scopes: readonly string[];
   expiresAt: Date | null;
+  /** The key's own limits (validated where they are enforced); absent for keys without any. */
+  limits?: Readonly<Record<string, unknown>> | undefined;
 }
 
 export const DEFAULT_TENANT = 'default';

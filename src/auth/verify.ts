@@ -109,6 +109,7 @@ export class KeyVerifier {
         keyName: row.name,
         scopes: row.scopes,
         expiresAt: row.expires_at,
+        ...(row.limits && Object.keys(row.limits).length > 0 ? { limits: row.limits } : {}),
       },
     };
   }

@@ -41,6 +41,7 @@ function keyDetails(key: KeyView): string[] {
     `revoked:     ${key.revokedAt ?? '-'}`,
     `last used:   ${key.lastUsedAt ?? 'never'}`,
     ...(key.rotatedFrom ? [`rotated from: ${key.rotatedFrom}`] : []),
+    ...(Object.keys(key.limits).length ? [`limits:      ${JSON.stringify(key.limits)}`] : []),
   ];
 }
 
@@ -49,6 +50,43 @@ function scopesOption(list: string): string[] {
   if (invalid.length) throw new CliError(`--scopes: not valid: ${invalid.join(', ')} (use read, write, admin, or family:name)`, EXIT.usage);
   if (scopes.length === 0) throw new CliError('--scopes: give at least one scope', EXIT.usage);
   return scopes;
+}
+
+interface CreateOptions {
+  scopes: string;
+  name: string;
+  tenant?: string;
+  expires?: string;
+  rpm?: string;
+  tpm?: string;
+  tokensPerDay?: string;
+  tokensPerMonth?: string;
+  usdPerDay?: string;
+  usdPerMonth?: string;
+  models?: string;
+  json?: boolean;
+}
+
+/** The limit flags as a limit set; the service validates the values and names a bad one. */
+function limitsOptions(opts: CreateOptions): Record<string, unknown> | undefined {
+  const limits: Record<string, unknown> = {};
+  const numbers: [keyof CreateOptions, string][] = [
+    ['rpm', 'requestsPerMinute'],
+    ['tpm', 'tokensPerMinute'],
+    ['tokensPerDay', 'tokensPerDay'],
+    ['tokensPerMonth', 'tokensPerMonth'],
+    ['usdPerDay', 'usdPerDay'],
+    ['usdPerMonth', 'usdPerMonth'],
+  ];
+  for (const [flag, name] of numbers) {
+    const value = opts[flag];
+    if (typeof value !== 'string') continue;
+    const n = Number(value);
+    if (!Number.isFinite(n) || n <= 0) throw new CliError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}: give a positive number`, EXIT.usage);
+    limits[name] = n;
+  }
+  if (opts.models) limits.models = opts.models.split(',').map((m) => m.trim()).filter(Boolean);
+  return Object.keys(limits).length ? limits : undefined;
 }
 
 export function registerKeyCommands(program: Command, withOperations: WithOperations): void {
@@ -61,10 +99,18 @@ export function registerKeyCommands(program: Command, withOperations: WithOperat
     .option('--name <name>', 'a name to recognise the key by', 'unnamed key')
     .option('--tenant <id>', 'tenant the key belongs to (default: default)')
     .option('--expires <duration>', 'lifetime such as 30d, 12h or 90m (default: never)')
+    .option('--rpm <n>', 'limit: requests per minute')
+    .option('--tpm <n>', 'limit: tokens per minute')
+    .option('--tokens-per-day <n>', 'limit: tokens per UTC day')
+    .option('--tokens-per-month <n>', 'limit: tokens per UTC month')
+    .option('--usd-per-day <n>', 'budget: US dollars per UTC day (needs prices in the config)')
+    .option('--usd-per-month <n>', 'budget: US dollars per UTC month (needs prices in the config)')
+    .option('--models <list>', 'allow only these models (comma list; * is a wildcard)')
     .option('--json', 'print JSON')
-    .action(async (opts: { scopes: string; name: string; tenant?: string; expires?: string; json?: boolean }) => {
+    .action(async (opts: CreateOptions) => {
       const scopes = scopesOption(opts.scopes);
-      const created = unwrap(await withOperations((ops) => ops.createKey({ name: opts.name, scopes, tenant: opts.tenant, expiresIn: opts.expires })));
+      const limits = limitsOptions(opts);
+      const created = unwrap(await withOperations((ops) => ops.createKey({ name: opts.name, scopes, tenant: opts.tenant, expiresIn: opts.expires, limits })));
       if (opts.json) return printJson(created);
       printLines([
         `Created key ${created.id} (${created.name}) for tenant ${created.tenant} with scopes ${created.scopes.join(', ')}.`,

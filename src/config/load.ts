@@ -7,7 +7,10 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
-import { ENV_IGNORED, ENV_SETTINGS, type EnvSetting, FileConfigSchema, envNameFor } from './schema.js';
+import { ENV_IGNORED, ENV_SETTINGS, type EnvSetting, FileConfigSchema, type LimitSetSchema, type PriceSchema, envNameFor } from './schema.js';
+
+type LimitSet = z.infer<typeof LimitSetSchema>;
+type PriceTable = Readonly<Record<string, z.infer<typeof PriceSchema>>>;
 
 export type Mode = 'development' | 'production';
 
@@ -53,6 +56,8 @@ export interface Config {
   };
   readonly tls: { readonly cert: string | undefined; readonly key: string | undefined };
   readonly log: { readonly level: string };
+  readonly limits: { readonly keys: LimitSet | undefined; readonly tenants: Readonly<Record<string, LimitSet>> };
+  readonly prices: PriceTable;
   /** Where the config file came from, if any. */
   readonly configFile: string | undefined;
 }
@@ -147,6 +152,8 @@ export function loadConfig(options: LoadOptions = {}): Config {
     },
     tls: { cert: file.tls.cert, key: file.tls.key },
     log: { level: file.log.level },
+    limits: { keys: file.limits.keys, tenants: file.limits.tenants },
+    prices: file.prices,
     configFile,
   };
   return deepFreeze(config);

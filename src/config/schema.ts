@@ -16,6 +16,29 @@ export const DEFAULT_OAUTH_CLIENT_ID = '9d1c250a-e61b-44d9-88ed-5944d1962f5e';
 export const SCOPE_PATTERN = /^[a-z][a-z0-9_-]*(:[A-Za-z0-9_.*-]+)?$/;
 const scope = z.string().regex(SCOPE_PATTERN, 'is not a valid scope');
 
+const positive = z.number().positive();
+const count = z.number().int().positive();
+
+/** One set of limits; any may be absent. Config, key fields and the CLI share it. */
+export const LimitSetSchema = z.strictObject({
+  requestsPerMinute: count.optional(),
+  tokensPerMinute: count.optional(),
+  tokensPerDay: count.optional(),
+  tokensPerMonth: count.optional(),
+  usdPerDay: positive.optional(),
+  usdPerMonth: positive.optional(),
+  /** Models this key or tenant may use; `*` matches any run of characters. */
+  models: z.array(z.string().min(1).max(200)).min(1).optional(),
+});
+
+/** US dollars per million tokens. */
+export const PriceSchema = z.strictObject({
+  input: z.number().min(0),
+  output: z.number().min(0),
+  cacheWrite: z.number().min(0).optional(),
+  cacheRead: z.number().min(0).optional(),
+});
+
 export const FileConfigSchema = z.strictObject({
   mode: z.enum(['development', 'production']).optional(),
   server: z
@@ -89,6 +112,12 @@ export const FileConfigSchema = z.strictObject({
     })
     .default({ allowedHosts: [], corsOrigins: [], trustedProxies: [], ipAllowlist: [] }),
   tls: z.strictObject({ cert: nonEmpty.optional(), key: nonEmpty.optional() }).default({}),
+  /** Limits for /v1 calls: `keys` applies to every key without limits of its own; `tenants` per tenant. */
+  limits: z
+    .strictObject({ keys: LimitSetSchema.optional(), tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'is not a tenant id'), LimitSetSchema).default({}) })
+    .default({ tenants: {} }),
+  /** US dollars per million tokens, by model name or pattern (`*`). */
+  prices: z.record(z.string().min(1), PriceSchema).default({}),
   log: z
     .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
     .default({ level: 'info' }),

@@ -44,6 +44,9 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
   app.route(
     '/',
     proxyRoutes({
+      ledger: runtime.ledger,
+      subjectsFor: (principal) => runtime.subjectsFor(principal),
+      prices: runtime.config.prices,
       upstream: runtime.upstream,
       credentials: runtime.credentials,
       oauth: runtime.oauth,

@@ -12,12 +12,16 @@ import { KeyService } from '../auth/key-service.js';
 import { type KeyPrefix, createKeyHasher } from '../auth/keys.js';
 import { DEFAULT_TENANT } from '../auth/principal.js';
 import { KeyVerifier, type StaticCredential, staticPrincipal } from '../auth/verify.js';
+import type { Principal } from '../auth/principal.js';
 import type { Config } from '../config/load.js';
+import { LimitSetSchema } from '../config/schema.js';
+import { sql } from 'kysely';
 import type { Database } from '../store/database.js';
 import { KeyRepository, TenantRepository } from '../store/repositories.js';
 import { WriteBehind, type WriteBehindReport, isDataError } from '../store/write-behind.js';
 import { FileCredentials, StoredCredentials } from '../proxy/credentials.js';
 import { ProxyManagement } from '../proxy/management.js';
+import { BudgetLedger, type Subject } from '../proxy/limits.js';
 import { OAuthRefresher } from '../proxy/oauth.js';
 import { RequestLog } from '../proxy/request-log.js';
 import type { CredentialResolver } from '../proxy/routes.js';
@@ -35,6 +39,9 @@ export interface Runtime {
   readonly credentials: CredentialResolver;
   readonly upstream: Upstream;
   readonly oauth: OAuthRefresher;
+  readonly ledger: BudgetLedger;
+  /** A caller's limit subjects: its key (own limits, or the configured key default) and its tenant. */
+  subjectsFor(principal: Principal): Subject[];
   readonly requestLog: RequestLog;
   readonly proxyManagement: ProxyManagement;
   readonly logger: Logger;
@@ -165,6 +172,28 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     audit,
     logError: (message, fields) => logger.error(fields, message),
   });
+  const ledger = new BudgetLedger({
+    // Day and month totals start from what is stored, so a restart does not reset a budget.
+    baseline: async (subject, metric, since) => {
+      const column = subject.kind === 'key' ? 'key_id' : 'tenant_id';
+      const total =
+        metric === 'usd'
+          ? sql<string>`coalesce(sum(cost_usd), 0)`
+          : sql<string>`coalesce(sum(input_tokens + output_tokens + cache_creation_input_tokens + cache_read_input_tokens), 0)`;
+      const row = await database.db.selectFrom('requests').select(total.as('total')).where(column, '=', subject.id).where('time', '>=', since).executeTakeFirst();
+      return Number(row?.total ?? 0);
+    },
+  });
+  const subjectsFor = (principal: Principal): Subject[] => {
+    const subjects: Subject[] = [];
+    const own = principal.limits ? LimitSetSchema.safeParse(principal.limits) : undefined;
+    // Limits that cannot be read are not ignored: the key gets a zero-request budget.
+    const keyLimits = own ? (own.success ? own.data : { requestsPerMinute: 0 }) : config.limits.keys;
+    if (keyLimits) subjects.push({ kind: 'key', id: principal.keyId, limits: keyLimits });
+    const tenantLimits = config.limits.tenants[principal.tenant];
+    if (tenantLimits) subjects.push({ kind: 'tenant', id: principal.tenant, limits: tenantLimits });
+    return subjects;
+  };
   const requestLog = new RequestLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
 
   const keyService = new KeyService({
@@ -190,6 +219,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     credentials,
     upstream,
     oauth,
+    ledger,
+    subjectsFor,
     requestLog,
     logger,
     database,

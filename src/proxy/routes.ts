@@ -12,6 +12,8 @@ import { clientIp, requestPath } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError, anthropicErrorBody } from '../http/errors.js';
 import type { CredentialRecord, UpstreamCredential } from './credentials.js';
+import type { Principal } from '../auth/principal.js';
+import { type BudgetLedger, type Price, type PriceTable, type Reservation, type Subject, costOf, modelAllowed, priceFor, totalTokens } from './limits.js';
 import type { OAuthRefresher } from './oauth.js';
 import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
@@ -23,6 +25,10 @@ export interface CredentialResolver {
 }
 
 export interface ProxyOptions {
+  ledger: BudgetLedger;
+  /** The limit subjects of a caller: its key and its tenant, each with its limit set. */
+  subjectsFor: (principal: Principal) => Subject[];
+  prices: PriceTable;
   upstream: Upstream;
   credentials: CredentialResolver;
   oauth: OAuthRefresher;
@@ -46,9 +52,11 @@ interface Forward {
 }
 
 const encoder = new TextEncoder();
+/** Reserved for output when a request names no max_tokens (upstream will refuse it anyway). */
+const DEFAULT_MAX_TOKENS = 4096;
 
 export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
-  const { upstream, credentials, oauth, requestLog, audit, allowPaths = [] } = options;
+  const { ledger, subjectsFor, prices, upstream, credentials, oauth, requestLog, audit, allowPaths = [] } = options;
   const write = requireScope(['llm', 'write'], { audit });
   const read = requireScope(['llm', 'read'], { audit });
   const allowed = (path: string) => allowPaths.some((p) => (p.endsWith('*') ? path.startsWith(p.slice(0, -1)) : path === p));
@@ -82,10 +90,14 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       requestBody: null,
       responseBody: null,
     };
+    let reservation: Reservation | undefined;
+    let price: Price | undefined;
     const finish = (status: number, errorType: string | null) => {
       row.status = status;
       row.errorType ??= errorType;
       row.latencyMs = Math.round(performance.now() - started);
+      row.costUsd = costOf(row, price);
+      reservation?.settle({ requests: 1, tokens: totalTokens(row), usd: row.costUsd });
       requestLog.record(row);
     };
     const fail = (error: ApiError): never => {
@@ -94,6 +106,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     };
 
     let body: Uint8Array | undefined;
+    let maxTokens = DEFAULT_MAX_TOKENS;
     if (spec.body !== 'none') body = new Uint8Array(await c.req.arrayBuffer());
     if (spec.body === 'json' && body) {
       let parsed: unknown;
@@ -103,10 +116,47 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
         fail(new ApiError('invalid_json', 'The request body is not valid JSON.'));
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) fail(new ApiError('bad_request', 'The request body must be a JSON object.'));
-      const fields = parsed as { model?: unknown; stream?: unknown };
+      const fields = parsed as { model?: unknown; stream?: unknown; max_tokens?: unknown };
       if (typeof fields.model === 'string') row.model = fields.model.slice(0, 200);
       row.stream = fields.stream === true;
+      if (typeof fields.max_tokens === 'number' && fields.max_tokens > 0) maxTokens = Math.floor(fields.max_tokens);
     }
+
+    // Limits, budgets and model allow-lists: the one enforcement point for every /v1 call.
+    const subjects = subjectsFor(principal);
+    if (spec.body === 'json') {
+      for (const subject of subjects) {
+        if (!modelAllowed(subject.limits.models, row.model)) {
+          fail(new ApiError('forbidden', `Model '${row.model ?? '(none)'}' is not allowed for this ${subject.kind}.`));
+        }
+      }
+    }
+    price = priceFor(prices, row.model);
+    const budgeted = subjects.some((s) => s.limits.usdPerDay !== undefined || s.limits.usdPerMonth !== undefined);
+    if (budgeted && spec.body === 'json' && !price && c.req.path === '/v1/messages') {
+      fail(new ApiError('forbidden', `No price is configured for model '${row.model ?? '(none)'}', so the dollar budget that applies cannot be enforced.`));
+    }
+    // What this call may use at most: the request, its input (estimated from the body size,
+    // generously) plus max_tokens of output, and what that would cost.
+    const generates = c.req.path === '/v1/messages' && body !== undefined;
+    const estimated = generates ? { inputTokens: Math.ceil((body as Uint8Array).byteLength / 3), outputTokens: maxTokens, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 } : undefined;
+    const outcome = await ledger.reserve(subjects, { requests: 1, tokens: estimated ? totalTokens(estimated) : 0, usd: estimated ? costOf(estimated, price) : 0 });
+    if (!outcome.ok) {
+      audit({
+        type: 'limit.exceeded',
+        outcome: 'denied',
+        tenantId: principal.tenant,
+        keyId: principal.keyId,
+        ip: row.ip,
+        userAgent: row.userAgent,
+        method: row.method,
+        path: row.path,
+        requestId: row.requestId,
+        details: { subject: outcome.subject.kind, subjectId: outcome.subject.id, rule: outcome.rule, limit: outcome.limit, model: row.model, retryAfterSeconds: outcome.retryAfterSeconds },
+      });
+      fail(new ApiError('rate_limited', `The ${outcome.subject.kind}'s ${outcome.rule} limit (${outcome.limit}) would be exceeded; retry after ${outcome.retryAfterSeconds} s.`, outcome.headers));
+    }
+    reservation = outcome as Reservation;
 
     const resolved = await credentials.resolve(principal.tenant);
     if (!resolved) return fail(new ApiError('upstream_error', `Bulwark has no upstream credential for tenant '${principal.tenant}'.`));
@@ -165,6 +215,8 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
 
     const headers = clientHeaders(response.headers);
     headers.set('x-request-id', c.get('requestId'));
+    // Where Bulwark enforces limits, its remaining/reset figures are the ones to pace by.
+    for (const [name, value] of Object.entries(reservation.headers)) headers.set(name, value);
     const contentType = headerValue(response.headers['content-type']) ?? undefined;
     const sse = /^text\/event-stream\b/i.test(contentType ?? '');
     const meter = new UsageMeter(contentType, started);

@@ -88,6 +88,7 @@ const MIGRATIONS: Record<string, Migration> = {
         )`.execute(db);
       await sql`create index requests_tenant_time_idx on requests (tenant_id, time)`.execute(db);
       await sql`create index requests_time_idx on requests (time)`.execute(db);
+      await sql`create index requests_key_time_idx on requests (key_id, time)`.execute(db);
       // Upstream credentials kept in the store: the whole credential JSON, encrypted.
       await sql`
         create table upstream_credentials (

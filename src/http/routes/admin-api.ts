@@ -8,7 +8,7 @@ import { z } from 'zod';
 import type { AuditEventInput, AuditReader, StoredAuditEvent } from '../../audit/log.js';
 import { type Actor, type FailureCode, type KeyService, type Result, deniedEvent } from '../../auth/key-service.js';
 import { crossesTenants } from '../../auth/principal.js';
-import { SCOPE_PATTERN } from '../../config/schema.js';
+import { LimitSetSchema, SCOPE_PATTERN } from '../../config/schema.js';
 import type { ProxyManagement } from '../../proxy/management.js';
 import { clientIp, requestPath } from '../client-info.js';
 import type { BulwarkEnv } from '../context.js';
@@ -48,6 +48,7 @@ const CreateKeyBody = z.strictObject({
   scopes: z.array(z.string().regex(SCOPE_PATTERN, 'is not a valid scope')).min(1),
   tenant: z.string().optional(),
   expiresIn: z.string().optional(),
+  limits: LimitSetSchema.optional(),
 });
 const RenameBody = z.strictObject({ name: z.string().min(1).max(100) });
 const RotateBody = z.strictObject({ grace: z.string().optional() });

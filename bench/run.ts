@@ -1,0 +1,272 @@
+/**
+ * `npm run bench`: measures what Bulwark costs on top of a bare pass-through proxy, on loopback.
+ *
+ * Scenarios, each JSON and `stream: true`, each at 1 and 32 connections: the upstream stand-in
+ * directly, a bare node:http + undici proxy (the floor), Bulwark with auth and usage accounting,
+ * and Bulwark with body storage on (skipped when this build refuses that setting). The bare proxy
+ * and Bulwark runs of one mode and connection count follow each other directly, so the machine's
+ * drift hits both alike. Then sequential streaming requests compare time to first byte, Bulwark's
+ * peak RSS is reported, and after a drained shutdown its `requests` rows are counted against the
+ * responses the load generator received.
+ *
+ * Everything is bounded: each run stops at its duration or its request cap, a watchdog ends the
+ * whole benchmark, and every child process is stopped by its pid. Results go to
+ * bench/results.json. Targets are printed, never enforced.
+ */
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { type FirstByteTarget, type LoadSpec, measureFirstByte, runLoad } from './load.js';
+import { type Bulwark, REPO_ROOT, type RowCount, removeDataDir, startBulwark, startScript, stopAndCountRows, stopChild } from './processes.js';
+import { type Measurement, type Mode, type Target, type TargetCheck, compare, formatFirstByteTable, formatLoadTable, formatTargets, megabytes } from './report.js';
+
+const SETTINGS = {
+  modes: ['json', 'stream'] as const satisfies readonly Mode[],
+  connections: [1, 32],
+  durationSeconds: 5,
+  maxRequests: 200_000,
+  warmupSeconds: 1,
+  warmupMaxRequests: 50_000,
+  firstByteRounds: 200,
+  firstByteWarmupRounds: 10,
+  /** Pause after the load before stopping Bulwark, so queued rows are not all left to the drain. */
+  settleMs: 2_000,
+  /** The whole benchmark is ended after this, whatever state it is in. */
+  watchdogMs: 6 * 60_000,
+};
+
+const TARGETS = { rpsRatioAt32: 0.7, addedP50MsAt1: 0.5, firstByteOverheadMs: 1, rssMb: 150 };
+
+const MODEL = 'claude-haiku-4-5-20251001';
+const BODIES: Record<Mode, string> = {
+  json: JSON.stringify({ model: MODEL, max_tokens: 16, messages: [{ role: 'user', content: 'Hello from the Bulwark bench' }] }),
+  stream: JSON.stringify({ model: MODEL, max_tokens: 16, stream: true, messages: [{ role: 'user', content: 'Hello from the Bulwark bench' }] }),
+};
+
+function headersWith(apiKey: string): Record<string, string> {
+  return { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'x-api-key': apiKey };
+}
+
+/** What was sent to one Bulwark instance, to hold its row count against. */
+interface Tally {
+  sent: number;
+  responses: number;
+  errors: number;
+}
+
+interface Endpoint {
+  target: Target;
+  url: string;
+  headers: Record<string, string>;
+  bulwark?: { instance: Bulwark; tally: Tally };
+}
+
+const log = (line: string) => process.stderr.write(`${line}\n`);
+
+/** One request until Bulwark answers 200, proving key and credential are in place. */
+async function waitUntilServing(endpoint: Endpoint, tally: Tally): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  let last = '';
+  while (Date.now() < deadline) {
+    tally.sent += 1;
+    try {
+      const response = await request(endpoint.url, { method: 'POST', headers: endpoint.headers, body: BODIES.json });
+      const text = await response.body.text();
+      tally.responses += 1;
+      if (response.statusCode === 200) return;
+      last = `${response.statusCode} ${text.slice(0, 200)}`;
+    } catch (err) {
+      tally.errors += 1;
+      last = (err as Error).message;
+    }
+    await sleep(250);
+  }
+  throw new Error(`${endpoint.target} did not answer 200 within 15 s (last: ${last})`);
+}
+
+interface RowCheck {
+  target: Target;
+  responses: number;
+  sent: number;
+  clientErrors: number;
+  rows: number;
+  spooledRows: number;
+  lost: number;
+  matchesResponses: boolean;
+  shutdown: RowCount['stop'];
+}
+
+async function main(): Promise<void> {
+  const watchdog = setTimeout(() => {
+    log(`bench: still running after ${SETTINGS.watchdogMs / 60_000} min; giving up (children are killed on exit)`);
+    process.exit(2);
+  }, SETTINGS.watchdogMs);
+  watchdog.unref();
+  const startedAt = new Date();
+
+  // A key for the stand-in only; it is accepted nowhere else.
+  const upstreamApiKey = `sk-ant-api03-bench-${randomBytes(16).toString('hex')}`;
+  const standIn = await startScript('stand-in-main.ts', [], { ...process.env, BENCH_STAND_IN_API_KEY: upstreamApiKey });
+  const bare = await startScript('bare-proxy-main.ts', [standIn.url]);
+  log(`stand-in ${standIn.url}, bare proxy ${bare.url}`);
+
+  const plain = await startBulwark({ upstreamUrl: standIn.url, upstreamApiKey, storeBodies: false });
+  if (!plain.ok) throw new Error(`Bulwark did not start (exit ${plain.exitCode}):\n${plain.stderr}`);
+  log(`bulwark ${plain.bulwark.publicUrl} (pid ${plain.bulwark.child.pid})`);
+  const storage = await startBulwark({ upstreamUrl: standIn.url, upstreamApiKey, storeBodies: true });
+  let storageNote: string | undefined;
+  if (!storage.ok) {
+    storageNote = storage.refusedConfig ? 'storage on: not available in this build' : `storage on: did not start (exit ${storage.exitCode})`;
+    const reason = storage.stderr.split('\n').find((line) => line.includes('BULWARK_STORE_BODIES'))?.trim();
+    log(`${storageNote}${reason ? ` (${reason})` : ''}`);
+    if (reason) storageNote += ` (${reason.replace(/^-\s*/, '')})`;
+  } else {
+    log(`bulwark + storage ${storage.bulwark.publicUrl} (pid ${storage.bulwark.child.pid})`);
+  }
+
+  const endpoints: Endpoint[] = [
+    { target: 'stand-in (direct)', url: `${standIn.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
+    { target: 'bare proxy', url: `${bare.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
+    {
+      target: 'bulwark',
+      url: `${plain.bulwark.publicUrl}/v1/messages`,
+      headers: headersWith(plain.bulwark.apiKey),
+      bulwark: { instance: plain.bulwark, tally: { sent: 0, responses: 0, errors: 0 } },
+    },
+  ];
+  if (storage.ok) {
+    endpoints.push({
+      target: 'bulwark + storage',
+      url: `${storage.bulwark.publicUrl}/v1/messages`,
+      headers: headersWith(storage.bulwark.apiKey),
+      bulwark: { instance: storage.bulwark, tally: { sent: 0, responses: 0, errors: 0 } },
+    });
+  }
+  for (const endpoint of endpoints) if (endpoint.bulwark) await waitUntilServing(endpoint, endpoint.bulwark.tally);
+
+  const measurements: Measurement[] = [];
+  for (const mode of SETTINGS.modes) {
+    for (const connections of SETTINGS.connections) {
+      for (const endpoint of endpoints) {
+        const spec: LoadSpec = { url: endpoint.url, headers: endpoint.headers, body: BODIES[mode], connections, durationSeconds: SETTINGS.warmupSeconds, maxRequests: SETTINGS.warmupMaxRequests };
+        const warmup = await runLoad(spec);
+        const result = await runLoad({ ...spec, durationSeconds: SETTINGS.durationSeconds, maxRequests: SETTINGS.maxRequests });
+        for (const run of [warmup, result]) {
+          if (!endpoint.bulwark) continue;
+          endpoint.bulwark.tally.sent += run.sent;
+          endpoint.bulwark.tally.responses += run.responses;
+          endpoint.bulwark.tally.errors += run.errors;
+        }
+        measurements.push({ ...result, target: endpoint.target, mode });
+        log(`${mode.padEnd(6)} c=${String(connections).padStart(2)}  ${endpoint.target.padEnd(18)} ${result.requestsPerSecond.toFixed(0).padStart(6)} req/s  p50 ${result.p50Ms.toFixed(3)} ms`);
+      }
+    }
+  }
+
+  log(`time to first byte: ${SETTINGS.firstByteRounds} sequential streaming requests per target…`);
+  const firstByteTargets: FirstByteTarget[] = endpoints.map((e) => ({ name: e.target, url: e.url, headers: e.headers }));
+  const firstByte = await measureFirstByte(firstByteTargets, BODIES.stream, SETTINGS.firstByteRounds, SETTINGS.firstByteWarmupRounds);
+  for (const [i, endpoint] of endpoints.entries()) {
+    if (!endpoint.bulwark) continue;
+    const failed = firstByte.results[i]!.errors;
+    endpoint.bulwark.tally.sent += firstByte.sentPerTarget;
+    endpoint.bulwark.tally.responses += firstByte.sentPerTarget - failed;
+    endpoint.bulwark.tally.errors += failed;
+  }
+
+  await sleep(SETTINGS.settleMs);
+  const rowChecks: RowCheck[] = [];
+  const rss: Array<{ target: Target; idleMb: number; peakMb: number }> = [];
+  for (const endpoint of endpoints) {
+    if (!endpoint.bulwark) continue;
+    const { instance, tally } = endpoint.bulwark;
+    log(`stopping ${endpoint.target} (SIGTERM) and counting its rows…`);
+    const counted = await stopAndCountRows(instance);
+    rss.push({ target: endpoint.target, idleMb: megabytes(instance.idleRssBytes), peakMb: megabytes(instance.rss.peakBytes) });
+    const lost = Math.max(0, tally.responses - counted.rows);
+    rowChecks.push({
+      target: endpoint.target,
+      responses: tally.responses,
+      sent: tally.sent,
+      clientErrors: tally.errors,
+      rows: counted.rows,
+      spooledRows: counted.spooledRows,
+      lost,
+      matchesResponses: counted.rows === tally.responses,
+      shutdown: counted.stop,
+    });
+    removeDataDir(instance);
+  }
+  await stopChild(bare.child, 5_000);
+  await stopChild(standIn.child, 5_000);
+
+  // ---- Report -------------------------------------------------------------------------------
+  const comparisons = compare(measurements);
+  const bulwarkFirstByte = firstByte.results.find((r) => r.name === 'bulwark');
+  const bareFirstByte = firstByte.results.find((r) => r.name === 'bare proxy');
+  const firstByteOverheadMs = bulwarkFirstByte && bareFirstByte ? bulwarkFirstByte.medianFirstChunkMs - bareFirstByte.medianFirstChunkMs : Number.NaN;
+
+  const checks: TargetCheck[] = [];
+  for (const c of comparisons.filter((x) => x.connections === 32)) {
+    checks.push({ name: `${c.target} ${c.mode} req/s at 32 connections`, goal: `>= ${TARGETS.rpsRatioAt32}x bare proxy`, value: `${c.rpsRatio.toFixed(2)}x`, met: c.rpsRatio >= TARGETS.rpsRatioAt32 });
+  }
+  for (const c of comparisons.filter((x) => x.connections === 1)) {
+    checks.push({ name: `${c.target} ${c.mode} added p50 at 1 connection`, goal: `<= ${TARGETS.addedP50MsAt1} ms`, value: `${c.addedP50Ms.toFixed(3)} ms`, met: c.addedP50Ms <= TARGETS.addedP50MsAt1 });
+  }
+  checks.push({ name: 'bulwark streaming first-byte overhead', goal: `< ${TARGETS.firstByteOverheadMs} ms`, value: `${firstByteOverheadMs.toFixed(3)} ms`, met: Number.isFinite(firstByteOverheadMs) ? firstByteOverheadMs < TARGETS.firstByteOverheadMs : undefined });
+  for (const r of rss) checks.push({ name: `${r.target} peak RSS`, goal: `<= ${TARGETS.rssMb} MB`, value: `${r.peakMb.toFixed(1)} MB`, met: r.peakMb > 0 ? r.peakMb <= TARGETS.rssMb : undefined });
+  for (const r of rowChecks) checks.push({ name: `${r.target} lost rows`, goal: '0', value: `${r.lost} (rows ${r.rows}, responses ${r.responses})`, met: r.lost === 0 });
+
+  const out: string[] = [];
+  out.push('', `Bulwark bench — Node ${process.version}, ${cpus().length} CPUs, loopback, ${SETTINGS.durationSeconds} s per run after ${SETTINGS.warmupSeconds} s warm-up (cap ${SETTINGS.maxRequests} requests)`, '');
+  out.push(formatLoadTable(measurements, comparisons));
+  out.push('', 'p50/p99 are from per-response timings (sub-millisecond); "vs bare" is req/s over the bare proxy\'s, same mode and connections.');
+  if (storageNote) out.push(storageNote);
+  out.push('', formatFirstByteTable(firstByte.results, 'bare proxy'));
+  out.push('', ...rss.map((r) => `${r.target} RSS: ${r.idleMb.toFixed(1)} MB idle after start, ${r.peakMb.toFixed(1)} MB peak`));
+  for (const endpoint of endpoints) {
+    const logged = endpoint.bulwark?.instance.stderr;
+    if (!logged || logged.lines === 0) continue;
+    out.push(`${endpoint.target} wrote ${logged.lines} line(s) on stderr at level warn; the last:`, ...logged.tail.map((line) => `  ${line}`));
+  }
+  out.push('');
+  for (const r of rowChecks) {
+    out.push(
+      `${r.target} rows: ${r.rows} in the store (+${r.spooledRows} in the spool) vs ${r.responses} responses received (2xx + non-2xx; ${r.sent} requests sent, ${r.clientErrors} client-side errors) -> ${r.matchesResponses ? 'match' : `no match (difference ${r.rows - r.responses})`}`,
+      `  shutdown: ${r.shutdown.killed ? 'had to be killed' : `exit ${r.shutdown.code ?? r.shutdown.signal}`} after ${r.shutdown.ms} ms`,
+    );
+  }
+  out.push('', formatTargets(checks), '');
+  process.stdout.write(`${out.join('\n')}\n`);
+
+  const resultsFile = path.join(REPO_ROOT, 'bench', 'results.json');
+  const results = {
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    environment: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, loadavgAtEnd: loadavg() },
+    settings: SETTINGS,
+    targets: TARGETS,
+    storage: storageNote ?? 'measured',
+    measurements,
+    comparisons,
+    firstByte: { ...firstByte, overheadMs: firstByteOverheadMs },
+    rss,
+    bulwarkStderr: endpoints.filter((e) => e.bulwark).map((e) => ({ target: e.target, ...e.bulwark!.instance.stderr })),
+    rows: rowChecks,
+    checks,
+  };
+  writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
+  log(`wrote ${path.relative(process.cwd(), resultsFile)}`);
+  clearTimeout(watchdog);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    log(`bench failed: ${(err as Error)?.stack ?? String(err)}`);
+    process.exit(1);
+  },
+);
