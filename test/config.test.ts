@@ -501,6 +501,14 @@ describe('maskedConfig', () => {
   });
 });
 
+describe('retention settings', () => {
+  it('refuses a usage retention shorter than the body retention', () => {
+    expect(safetyProblems(load({ BULWARK_RETENTION_DAYS: '60', BULWARK_USAGE_RETENTION_DAYS: '30' }))).toEqual([
+      'BULWARK_USAGE_RETENTION_DAYS: must be at least BULWARK_RETENTION_DAYS (a body cannot outlive its row)',
+    ]);
+  });
+});
+
 describe('settings this version does not act on yet', () => {
   it.each([
     ['BULWARK_IP_ALLOWLIST', '10.0.0.0/8'],
@@ -508,7 +516,6 @@ describe('settings this version does not act on yet', () => {
     ['BULWARK_CORS_ORIGINS', 'https://app.example'],
     ['BULWARK_ALLOWED_HOSTS', 'gw.example'],
     ['BULWARK_TLS_CERT', '/etc/ssl/cert.pem'],
-    ['BULWARK_STORE_BODIES', 'true'],
     ['REDIS_URL', 'redis://127.0.0.1:6379'],
   ])('refuses %s rather than silently ignoring it', (name, value) => {
     const problems = safetyProblems(load({ [name]: value }));

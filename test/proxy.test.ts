@@ -9,7 +9,11 @@ import path from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
+import { sql } from 'kysely';
 import { StoredCredentials } from '../src/proxy/credentials.js';
+import { bodyAad, countNeedingRotation, rotateEncryption } from '../src/proxy/retention.js';
+import { KeyRing } from '../src/store/crypto.js';
+import { filesUnder } from './helpers/process.js';
 import { OAUTH_TOKEN_PATH, type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
 
 const fakeUpstreamKey = () => `sk-ant-api03-${randomBytes(24).toString('hex')}`;
@@ -506,5 +510,91 @@ describe('limits, budgets and model allow-lists', () => {
     const message = await sdk.messages.create(MESSAGE);
     const row = (await rows(b)).at(-1);
     expect(row?.cost_usd).toBeCloseTo((message.usage.input_tokens * 3 + message.usage.output_tokens * 15) / 1_000_000, 12);
+  });
+});
+
+describe('body storage, retention and key rotation', () => {
+  let upstream: StandIn;
+  let b: TestBulwark;
+  let upstreamKey: string;
+  let sdk: Anthropic;
+  const oldKey = randomBytes(32).toString('base64');
+  const newKey = randomBytes(32).toString('base64');
+
+  beforeAll(async () => {
+    upstream = await startAnthropicStandIn();
+    b = await startTestBulwark(
+      'pglite',
+      { BULWARK_UPSTREAM_URL: upstream.url, BULWARK_STORE_BODIES: 'true', BULWARK_ENCRYPTION_KEYS: oldKey, BULWARK_RETENTION_DAYS: '30', BULWARK_USAGE_RETENTION_DAYS: '90' },
+      { listen: true, onDisk: true },
+    );
+    upstreamKey = fakeUpstreamKey();
+    upstream.apiKeys.add(upstreamKey);
+    await b.runtime.storedCredentials.set('default', { type: 'api_key', apiKey: upstreamKey });
+    sdk = new Anthropic({ apiKey: (await b.createKey(['llm'])).key, baseURL: b.publicUrl, maxRetries: 0 });
+  });
+  afterAll(async () => {
+    await b?.close();
+    await upstream?.close();
+  });
+
+  it('stores request and response bodies encrypted: no body plaintext and no upstream credential in the database files', async () => {
+    const marker = `zebra-${randomBytes(6).toString('hex')}`;
+    const secretInPrompt = `sk-ant-api03-${randomBytes(20).toString('hex')}`;
+    const message = await sdk.messages.create({ ...MESSAGE, messages: [{ role: 'user', content: `${marker} ${secretInPrompt}` }] });
+    await sdk.messages.stream({ ...MESSAGE, messages: [{ role: 'user', content: `${marker} streamed` }] }).finalMessage();
+    const [plain, streamed] = (await rows(b)).slice(-2);
+    expect(plain?.request_body).toMatch(/^v1\./);
+    expect(plain?.response_body).toMatch(/^v1\./);
+
+    // Readable with the key ring, bound to the row, with secrets masked before storage.
+    const request = b.runtime.keyRing.decryptText(plain!.request_body!, bodyAad('default', plain!.id, 'request_body'));
+    expect(request).toContain(marker);
+    expect(request).not.toContain(secretInPrompt);
+    const response = b.runtime.keyRing.decryptText(plain!.response_body!, bodyAad('default', plain!.id, 'response_body'));
+    expect(response).toContain(marker);
+    expect(response).toContain(message.id);
+    expect(response).not.toContain(secretInPrompt); // the echo of the secret is masked too
+    expect(b.runtime.keyRing.decryptText(streamed!.response_body!, bodyAad('default', streamed!.id, 'response_body'))).toContain('event: message_stop');
+    // A ciphertext moved to another row does not decrypt.
+    expect(() => b.runtime.keyRing.decryptText(plain!.request_body!, bodyAad('default', streamed!.id, 'request_body'))).toThrow();
+
+    await b.runtime.database.db.executeQuery(sql`checkpoint`.compile(b.runtime.database.db)).catch(() => {});
+    const files = filesUnder(path.join(b.dataDir, 'db')).map((f) => readFileSync(f).toString('latin1'));
+    for (const needle of [marker, secretInPrompt, upstreamKey]) expect(files.some((f) => f.includes(needle))).toBe(false);
+  });
+
+  it('re-encrypts stored bodies and credentials under a new first key, and old keys are then not needed', async () => {
+    const ring = KeyRing.fromConfig([newKey, oldKey]);
+    const result = await rotateEncryption(b.runtime.database.db, ring, { batchSize: 1 });
+    expect(result.bodies).toBeGreaterThan(0);
+    expect(result.credentials).toBe(1);
+    expect(await countNeedingRotation(b.runtime.database.db, ring)).toBe(0);
+    const onlyNew = KeyRing.fromConfig([newKey]);
+    const row = (await rows(b)).at(-1)!;
+    expect(onlyNew.decryptText(row.request_body!, bodyAad('default', row.id, 'request_body'))).toContain('streamed');
+    expect((await new StoredCredentials({ db: b.runtime.database.db, keyRing: onlyNew, cacheMs: 0 }).get('default'))?.credential).toEqual({ type: 'api_key', apiKey: upstreamKey });
+  });
+
+  it('purges bodies past their retention and rows past theirs, and audits it', async () => {
+    const day = 86_400_000;
+    const seed = (id: string, ageDays: number) =>
+      b.runtime.requestLog.record({
+        id, time: new Date(Date.now() - ageDays * day).toISOString(), tenantId: 'default', keyId: 'k', method: 'POST', path: '/v1/messages', model: 'm', stream: false, status: 200,
+        errorType: null, inputTokens: 1, outputTokens: 1, cacheCreationInputTokens: 0, cacheReadInputTokens: 0, costUsd: 0, latencyMs: 1, firstTokenMs: null, ip: null, userAgent: null,
+        requestId: null, upstreamRequestId: null, requestBody: 'v1.x.y.z', responseBody: 'v1.x.y.z',
+      });
+    seed('fresh', 1);
+    seed('old', 45);
+    seed('ancient', 120);
+    await b.runtime.flush();
+    const result = await b.runtime.proxyManagement.purgeNow(OPERATOR);
+    expect(result).toMatchObject({ ok: true, value: { bodiesCleared: 1, rowsDeleted: 1 } });
+    const byId = Object.fromEntries((await rows(b)).map((r) => [r.id, r]));
+    expect(byId.fresh?.request_body).toBe('v1.x.y.z');
+    expect(byId.old).toMatchObject({ request_body: null, response_body: null, input_tokens: 1 });
+    expect(byId.ancient).toBeUndefined();
+    await b.runtime.flush();
+    expect((await b.runtime.auditReader.tail({ type: 'retention.purged' })).at(-1)?.details).toMatchObject({ bodiesCleared: 1, rowsDeleted: 1 });
   });
 });

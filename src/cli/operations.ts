@@ -9,6 +9,7 @@ import type { CreateKeyInput, CreatedKey, FailureCode, KeyView, Result, TenantVi
 import { staticPrincipal } from '../auth/verify.js';
 import type { Config } from '../config/load.js';
 import type { CredentialView, UsageQuery, UsageRow } from '../proxy/management.js';
+import type { PurgeResult, RotationResult } from '../proxy/retention.js';
 import type { Logger } from '../http/logger.js';
 import { type Runtime, createRuntime } from '../http/runtime.js';
 import { openDatabase } from '../store/database.js';
@@ -31,6 +32,8 @@ export interface Operations {
   removeCredential(tenant: string): Promise<Result<{ tenant: string; removed: boolean }>>;
   listCredentials(): Promise<CredentialView[]>;
   usage(query: UsageQuery): Promise<UsageRow[]>;
+  purge(): Promise<Result<PurgeResult>>;
+  rotateEncryption(): Promise<Result<RotationResult>>;
   auditTail(options: TailOptions): Promise<StoredAuditEvent[]>;
   auditVerify(): Promise<VerifyResult>;
   close(): Promise<void>;
@@ -114,6 +117,12 @@ export class LocalOperations implements Operations {
   }
   usage(query: UsageQuery) {
     return this.runtime.proxyManagement.usage(CLI_ACTOR, query);
+  }
+  purge() {
+    return this.runtime.proxyManagement.purgeNow(CLI_ACTOR);
+  }
+  rotateEncryption() {
+    return this.runtime.proxyManagement.rotateEncryption(CLI_ACTOR);
   }
   auditTail(options: TailOptions) {
     return this.runtime.auditReader.tail(options);
@@ -218,6 +227,12 @@ export class RemoteOperations implements Operations {
     const q = new URLSearchParams({ since: query.since.toISOString() });
     if (query.tenant) q.set('tenant', query.tenant);
     return this.#value(await this.#call<{ usage: UsageRow[] }>('GET', `/api/usage?${q}`)).usage;
+  }
+  purge() {
+    return this.#call<PurgeResult>('POST', '/api/purge');
+  }
+  rotateEncryption() {
+    return this.#call<RotationResult>('POST', '/api/encryption/rotate');
   }
   async auditTail(options: TailOptions) {
     const q = new URLSearchParams();

@@ -75,6 +75,28 @@ export function registerProxyCommands(program: Command, withOperations: WithOper
     });
 
   program
+    .command('purge')
+    .description('clear bodies and delete usage rows past their retention, now (the server also does it hourly)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const result = unwrap(await withOperations((ops) => ops.purge()));
+      if (opts.json) return printJson(result);
+      printLines([`Cleared ${result.bodiesCleared} stored bodies older than ${result.bodiesBefore} and deleted ${result.rowsDeleted} usage rows older than ${result.rowsBefore}.`]);
+    });
+
+  program
+    .command('encryption')
+    .description('field encryption')
+    .command('rotate')
+    .description('re-encrypt stored bodies and credentials under the first key of BULWARK_ENCRYPTION_KEYS, in batches')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const result = unwrap(await withOperations((ops) => ops.rotateEncryption()));
+      if (opts.json) return printJson(result);
+      printLines([`Re-encrypted ${result.bodies} request rows and ${result.credentials} credentials under key ${result.keyId}.`]);
+    });
+
+  program
     .command('usage')
     .description('requests, tokens and cost per tenant and model')
     .option('--tenant <id>', 'only this tenant')

@@ -47,7 +47,7 @@ export interface Config {
     readonly oauthRefreshBeforeSeconds: number;
   };
   readonly credentialsDir: string;
-  readonly storage: { readonly bodies: boolean; readonly retentionDays: number };
+  readonly storage: { readonly bodies: boolean; readonly retentionDays: number; readonly usageRetentionDays: number };
   readonly http: {
     readonly allowedHosts: readonly string[];
     readonly corsOrigins: readonly string[];
@@ -143,7 +143,7 @@ export function loadConfig(options: LoadOptions = {}): Config {
     },
     upstream: { ...file.upstream },
     credentialsDir: path.resolve(cwd, file.credentialsDir ?? path.join(dataDir, 'credentials')),
-    storage: { bodies: file.storage.bodies, retentionDays: file.storage.retentionDays },
+    storage: { ...file.storage },
     http: {
       allowedHosts: file.http.allowedHosts,
       corsOrigins: file.http.corsOrigins,

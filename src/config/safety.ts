@@ -84,8 +84,6 @@ export interface SafetyOptions {
  */
 const NOT_YET_SUPPORTED: readonly { setting: string; isSet: (c: Config) => boolean }[] = [
   { setting: 'REDIS_URL', isSet: (c) => c.redis.url !== undefined },
-  { setting: 'BULWARK_STORE_BODIES', isSet: (c) => c.storage.bodies },
-  { setting: 'BULWARK_RETENTION_DAYS', isSet: (c) => c.storage.retentionDays !== 30 },
   { setting: 'BULWARK_ALLOWED_HOSTS', isSet: (c) => c.http.allowedHosts.length > 0 },
   { setting: 'BULWARK_CORS_ORIGINS', isSet: (c) => c.http.corsOrigins.length > 0 },
   { setting: 'BULWARK_TRUSTED_PROXIES', isSet: (c) => c.http.trustedProxies.length > 0 },
@@ -107,6 +105,9 @@ export function safetyProblems(config: Config, options: SafetyOptions = {}): str
   ];
 
   problems.push(...encryptionKeyProblems(config.secrets.encryptionKeys));
+  if (config.storage.usageRetentionDays < config.storage.retentionDays) {
+    problems.push('BULWARK_USAGE_RETENTION_DAYS: must be at least BULWARK_RETENTION_DAYS (a body cannot outlive its row)');
+  }
   if (config.database.url && !/^postgres(ql)?:\/\//.test(config.database.url)) {
     problems.push('DATABASE_URL: must be a postgres:// or postgresql:// URL');
   }

@@ -101,8 +101,14 @@ export const FileConfigSchema = z.strictObject({
     }),
   credentialsDir: nonEmpty.optional(),
   storage: z
-    .strictObject({ bodies: z.boolean().default(false), retentionDays: z.number().int().min(1).default(30) })
-    .default({ bodies: false, retentionDays: 30 }),
+    .strictObject({
+      bodies: z.boolean().default(false),
+      /** Days request and response bodies are kept. */
+      retentionDays: z.number().int().min(1).default(30),
+      /** Days usage rows (without bodies) are kept; at least as long as bodies. */
+      usageRetentionDays: z.number().int().min(1).default(400),
+    })
+    .default({ bodies: false, retentionDays: 30, usageRetentionDays: 400 }),
   http: z
     .strictObject({
       allowedHosts: z.array(nonEmpty).default([]),
@@ -157,6 +163,7 @@ export const ENV_SETTINGS: readonly EnvSetting[] = [
   { env: 'BULWARK_CREDENTIALS_DIR', path: ['credentialsDir'], kind: 'string' },
   { env: 'BULWARK_STORE_BODIES', path: ['storage', 'bodies'], kind: 'bool' },
   { env: 'BULWARK_RETENTION_DAYS', path: ['storage', 'retentionDays'], kind: 'int' },
+  { env: 'BULWARK_USAGE_RETENTION_DAYS', path: ['storage', 'usageRetentionDays'], kind: 'int' },
   { env: 'BULWARK_ALLOWED_HOSTS', path: ['http', 'allowedHosts'], kind: 'list' },
   { env: 'BULWARK_CORS_ORIGINS', path: ['http', 'corsOrigins'], kind: 'list' },
   { env: 'BULWARK_TRUSTED_PROXIES', path: ['http', 'trustedProxies'], kind: 'list' },

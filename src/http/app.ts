@@ -53,6 +53,7 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
       requestLog: runtime.requestLog,
       audit: runtime.audit,
       allowPaths: runtime.config.upstream.allowPaths,
+      storeBodies: runtime.config.storage.bodies ? runtime.keyRing : undefined,
     }),
   );
   return app;

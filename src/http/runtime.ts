@@ -208,7 +208,15 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     },
   });
 
-  const proxyManagement = new ProxyManagement({ db: database.db, tenants, files: fileCredentials, stored: storedCredentials, audit });
+  const proxyManagement = new ProxyManagement({
+    db: database.db,
+    keyRing,
+    retention: { bodyDays: config.storage.retentionDays, rowDays: config.storage.usageRetentionDays },
+    tenants,
+    files: fileCredentials,
+    stored: storedCredentials,
+    audit,
+  });
 
   return {
     config,

@@ -13,6 +13,7 @@ import type { Config } from '../config/load.js';
 import { type Database, openDatabase } from '../store/database.js';
 import { prepareDataDir, publishServer, runningServer, unpublishServer } from '../store/data-dir.js';
 import { migrateToLatest, pendingMigrations } from '../store/migrations.js';
+import { purge } from '../proxy/retention.js';
 import { VERSION } from '../version.js';
 import { createAdminApp, createPublicApp } from './app.js';
 import type { BulwarkEnv } from './context.js';
@@ -134,6 +135,22 @@ export async function startServer(config: Config, options: StartOptions): Promis
     say(`  npm run --silent bulwark -- keys create --name first-key --scopes admin --tenant ${DEFAULT_TENANT}`);
   }
 
+  // Retention: once at start, then hourly.
+  const runPurge = () => {
+    purge(database.db, { bodyDays: config.storage.retentionDays, rowDays: config.storage.usageRetentionDays }).then(
+      (result) => {
+        if (result.bodiesCleared || result.rowsDeleted) {
+          runtime.audit({ type: 'retention.purged', outcome: 'success', details: { ...result, via: 'schedule' } });
+          logger.info(result, 'retention purge');
+        }
+      },
+      (err: unknown) => logger.warn({ error: (err as Error).message }, 'retention purge failed; will try again in an hour'),
+    );
+  };
+  runPurge();
+  const purgeTimer = setInterval(runPurge, 3_600_000);
+  purgeTimer.unref();
+
   let closing: Promise<void> | undefined;
   return {
     publicUrl,
@@ -141,6 +158,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
     runtime,
     close() {
       closing ??= (async () => {
+        clearInterval(purgeTimer);
         await Promise.all(servers.map(closeServer));
         runtime.audit({ type: 'server.stopped', outcome: 'info', details: { version: VERSION } });
         const unwritten = await runtime.drain(5_000);

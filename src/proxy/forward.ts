@@ -81,6 +81,8 @@ export type StreamEnd =
 export interface PassThroughOptions {
   body: Readable;
   meter: UsageMeter;
+  /** Keeps a copy of the body for storage, when body storage is on. */
+  capture?: { add(chunk: Uint8Array): void } | undefined;
   /** Whether the response is an SSE stream: a mid-stream failure then ends with an SSE error event. */
   sse: boolean;
   /** Called once, when the body has ended for whatever reason. */
@@ -96,7 +98,7 @@ export interface PassThroughOptions {
  * and the next one is pulled only when the client wants more.
  */
 export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Array> {
-  const { body, meter, sse, onEnd, abortUpstream, streamErrorEvent } = options;
+  const { body, meter, capture, sse, onEnd, abortUpstream, streamErrorEvent } = options;
   const chunks = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let ended = false;
   const end = (how: StreamEnd) => {
@@ -129,6 +131,7 @@ export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Ar
         const chunk = new Uint8Array(next.value.buffer, next.value.byteOffset, next.value.byteLength);
         controller.enqueue(chunk);
         meter.feed(chunk);
+        capture?.add(chunk);
       },
       cancel() {
         end({ kind: 'client_disconnected' });

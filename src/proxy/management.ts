@@ -9,7 +9,9 @@ import { type Actor, type Result, deniedEvent } from '../auth/key-service.js';
 import { crossesTenants } from '../auth/principal.js';
 import type { TenantRepository } from '../store/repositories.js';
 import type { Tables } from '../store/tables.js';
+import type { KeyRing } from '../store/crypto.js';
 import { type FileCredentials, type StoredCredentials, parseCredential } from './credentials.js';
+import { type PurgeResult, type RotationResult, purge, rotateEncryption } from './retention.js';
 
 export interface CredentialView {
   tenant: string;
@@ -42,6 +44,8 @@ export interface UsageQuery {
 
 export interface ProxyManagementOptions {
   db: Kysely<Tables>;
+  keyRing: KeyRing;
+  retention: { bodyDays: number; rowDays: number };
   tenants: TenantRepository;
   files: FileCredentials;
   stored: StoredCredentials;
@@ -120,6 +124,28 @@ export class ProxyManagement {
       });
     }
     return views.sort((a, b) => a.tenant.localeCompare(b.tenant) || a.source.localeCompare(b.source));
+  }
+
+  /** Runs the retention purge now (the server also runs it hourly). Operators only. */
+  async purgeNow(actor: Actor): Promise<Result<PurgeResult>> {
+    if (!crossesTenants(actor.principal)) {
+      this.#o.audit(deniedEvent(actor, 'retention.purge', { reason: 'operator_only' }));
+      return { ok: false, code: 'forbidden', message: 'Only an operator can run the purge.' };
+    }
+    const result = await purge(this.#o.db, this.#o.retention);
+    this.#o.audit({ type: 'retention.purged', outcome: 'success', requestId: actor.requestId, details: { ...result, via: actor.via } });
+    return { ok: true, value: result };
+  }
+
+  /** Re-encrypts everything stored under an older key with the current one. Operators only. */
+  async rotateEncryption(actor: Actor): Promise<Result<RotationResult>> {
+    if (!crossesTenants(actor.principal)) {
+      this.#o.audit(deniedEvent(actor, 'encryption.rotate', { reason: 'operator_only' }));
+      return { ok: false, code: 'forbidden', message: 'Only an operator can rotate encryption.' };
+    }
+    const result = await rotateEncryption(this.#o.db, this.#o.keyRing);
+    this.#o.audit({ type: 'encryption.rotated', outcome: 'success', requestId: actor.requestId, details: { ...result, via: actor.via } });
+    return { ok: true, value: result };
   }
 
   /** Requests, errors, tokens and cost per tenant and model since a time. */

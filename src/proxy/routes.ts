@@ -15,6 +15,8 @@ import type { CredentialRecord, UpstreamCredential } from './credentials.js';
 import type { Principal } from '../auth/principal.js';
 import { type BudgetLedger, type Price, type PriceTable, type Reservation, type Subject, costOf, modelAllowed, priceFor, totalTokens } from './limits.js';
 import type { OAuthRefresher } from './oauth.js';
+import { BodyCapture, MAX_STORED_BODY_BYTES, sealBody } from './retention.js';
+import type { KeyRing } from '../store/crypto.js';
 import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
 import { type Upstream, classifyUpstreamError } from './upstream.js';
@@ -36,6 +38,8 @@ export interface ProxyOptions {
   audit: (event: AuditEventInput) => void;
   /** Further `/v1/...` paths (exact, or ending in `*`) forwarded as they are. */
   allowPaths?: readonly string[];
+  /** With a key ring: store request and response bodies, masked and encrypted. */
+  storeBodies?: KeyRing | undefined;
 }
 
 /** Marks `/v1/*` so errors are written in Anthropic's shape; runs before authentication. */
@@ -56,7 +60,7 @@ const encoder = new TextEncoder();
 const DEFAULT_MAX_TOKENS = 4096;
 
 export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
-  const { ledger, subjectsFor, prices, upstream, credentials, oauth, requestLog, audit, allowPaths = [] } = options;
+  const { ledger, subjectsFor, prices, upstream, credentials, oauth, requestLog, audit, allowPaths = [], storeBodies } = options;
   const write = requireScope(['llm', 'write'], { audit });
   const read = requireScope(['llm', 'read'], { audit });
   const allowed = (path: string) => allowPaths.some((p) => (p.endsWith('*') ? path.startsWith(p.slice(0, -1)) : path === p));
@@ -92,12 +96,23 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     };
     let reservation: Reservation | undefined;
     let price: Price | undefined;
+    let body: Uint8Array | undefined;
+    const capture = storeBodies ? new BodyCapture() : undefined;
+    // Bulwark's own error answers are not stored as response bodies: they are in the row already.
+    let isBulwarkAnswer = true;
     const finish = (status: number, errorType: string | null) => {
       row.status = status;
       row.errorType ??= errorType;
       row.latencyMs = Math.round(performance.now() - started);
       row.costUsd = costOf(row, price);
       reservation?.settle({ requests: 1, tokens: totalTokens(row), usd: row.costUsd });
+      if (storeBodies && body && body.byteLength > 0) {
+        row.requestBody = sealBody(storeBodies, new TextDecoder().decode(body.subarray(0, MAX_STORED_BODY_BYTES)), row.tenantId, row.id, 'request_body');
+      }
+      if (storeBodies && capture && row.status > 0 && !isBulwarkAnswer) {
+        const text = capture.text();
+        if (text) row.responseBody = sealBody(storeBodies, text, row.tenantId, row.id, 'response_body');
+      }
       requestLog.record(row);
     };
     const fail = (error: ApiError): never => {
@@ -105,7 +120,6 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       throw error;
     };
 
-    let body: Uint8Array | undefined;
     let maxTokens = DEFAULT_MAX_TOKENS;
     if (spec.body !== 'none') body = new Uint8Array(await c.req.arrayBuffer());
     if (spec.body === 'json' && body) {
@@ -221,9 +235,11 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     const sse = /^text\/event-stream\b/i.test(contentType ?? '');
     const meter = new UsageMeter(contentType, started);
     const status = response.statusCode;
+    isBulwarkAnswer = false;
     const stream = passThrough({
       body: response.body,
       meter,
+      capture,
       sse,
       abortUpstream: () => abort.abort(),
       streamErrorEvent: (error) => {

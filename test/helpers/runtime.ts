@@ -11,6 +11,8 @@ import { createLogger } from '../../src/http/logger.js';
 import { type Runtime, createRuntime, ensureDefaultTenant } from '../../src/http/runtime.js';
 import type { Actor } from '../../src/auth/key-service.js';
 import { staticPrincipal } from '../../src/auth/verify.js';
+import { type Database, openDatabase } from '../../src/store/database.js';
+import { migrateToLatest } from '../../src/store/migrations.js';
 import { type Engine, openTestDatabase } from './database.js';
 
 export const OPERATOR: Actor = { principal: staticPrincipal('operator', 'test', 'test operator', ['admin']), via: 'cli' };
@@ -34,6 +36,8 @@ export interface TestBulwarkOptions {
   file?: Record<string, unknown>;
   /** Serve the public app on 127.0.0.1 (for real HTTP clients such as the Anthropic SDK). */
   listen?: boolean;
+  /** PGlite on disk under the data dir (so tests can search the database files), not in memory. */
+  onDisk?: boolean;
 }
 
 export async function startTestBulwark(engine: Engine, env: Record<string, string> = {}, options: TestBulwarkOptions = {}): Promise<TestBulwark> {
@@ -44,7 +48,13 @@ export async function startTestBulwark(engine: Engine, env: Record<string, strin
     fileEnv.BULWARK_CONFIG = path.join(dataDir, 'bulwark.json');
   }
   const config = loadConfig({ env: { BULWARK_DATA_DIR: dataDir, ...fileEnv, ...env }, cwd: dataDir });
-  const testDb = await openTestDatabase(engine);
+  const testDb: { database: Database; cleanup(): Promise<void> } = options.onDisk
+    ? await (async () => {
+        const database = await openDatabase({ dataDir });
+        await migrateToLatest(database);
+        return { database, cleanup: () => database.close() };
+      })()
+    : await openTestDatabase(engine);
   const logs: string[] = [];
   const destination = new Writable({
     write(chunk, _encoding, callback) {

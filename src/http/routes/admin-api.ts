@@ -121,6 +121,8 @@ export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
       const since = q.since ? new Date(q.since) : new Date(Date.now() - 86_400_000);
       return c.json({ since: since.toISOString(), usage: await proxyManagement.usage(actorOf(c), { tenant: q.tenant, since }) });
     })
+    .post('/api/purge', async (c) => c.json(unwrap(await proxyManagement.purgeNow(actorOf(c)))))
+    .post('/api/encryption/rotate', async (c) => c.json(unwrap(await proxyManagement.rotateEncryption(actorOf(c)))))
     .get('/api/audit/events', async (c) => {
       const q = readQuery(c, TailQuery);
       const events: StoredAuditEvent[] = await auditReader.tail({ limit: q.limit, type: q.type, tenantId: auditTenant(c, q.tenant) });
