@@ -13,7 +13,7 @@ import type { AuditEventInput } from '../src/audit/log.js';
 import { type Actor, KeyService, parseDuration } from '../src/auth/key-service.js';
 import { KEY_PREFIXES, createKeyHasher, generateKey, generateKeyId, looksLikeBulwarkKey, parseKey } from '../src/auth/keys.js';
 import { hasScope, isValidScope, parseScopes } from '../src/auth/scopes.js';
-import { KeyVerifier, staticPrincipal } from '../src/auth/verify.js';
+import { KeyVerifier, StoreUnavailableError, staticPrincipal } from '../src/auth/verify.js';
 import { type Database, openDatabase } from '../src/store/database.js';
 import { KeyRepository, TenantRepository } from '../src/store/repositories.js';
 import { ENGINES, POSTGRES_URL, type TestDatabase, openTestDatabase } from './helpers/database.js';
@@ -363,5 +363,26 @@ describe.each(ENGINES)('KeyVerifier on %s', (engine) => {
     const row = await keys.findById(created.id);
     expect(row).toMatchObject({ hash_alg: 'hmac-sha256', key_hash: hasher.hash(secret), prefix: 'bwk_test_' });
     expect(JSON.stringify(audited)).not.toContain(secret);
+  });
+});
+
+describe('KeyVerifier while the store is away', () => {
+  it('accepts a recently verified key from the cache and refuses an unseen one with StoreUnavailableError', async () => {
+    const t = await openTestDatabase('pglite');
+    const hasher = createKeyHasher();
+    const keys = new KeyRepository(t.database.db);
+    const service = new KeyService({ keys, tenants: new TenantRepository(t.database.db), hasher, prefix: 'bwk_test_', audit: () => {} });
+    const seen = await service.createKey(OPERATOR, { name: 'seen', scopes: ['read'] });
+    const unseen = await service.createKey(OPERATOR, { name: 'unseen', scopes: ['read'] });
+    if (!seen.ok || !unseen.ok) throw new Error('setup');
+    let now = 1_000_000;
+    const verifier = new KeyVerifier({ keys, hasher, cacheMs: 500, staleIfErrorMs: 10_000, now: () => now });
+    expect((await verifier.verify(seen.value.key)).ok).toBe(true);
+    await t.cleanup(); // the database is gone
+    now += 2_000; // past cacheMs, within staleIfErrorMs
+    expect((await verifier.verify(seen.value.key)).ok).toBe(true);
+    await expect(verifier.verify(unseen.value.key)).rejects.toBeInstanceOf(StoreUnavailableError);
+    now += 10_000; // past staleIfErrorMs too
+    await expect(verifier.verify(seen.value.key)).rejects.toBeInstanceOf(StoreUnavailableError);
   });
 });

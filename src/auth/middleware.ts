@@ -11,7 +11,7 @@ import { clientIp, requestPath } from '../http/client-info.js';
 import { ApiError } from '../http/errors.js';
 import { DEFAULT_TENANT, type Principal } from './principal.js';
 import { hasScope } from './scopes.js';
-import type { KeyVerifier } from './verify.js';
+import { type KeyVerifier, StoreUnavailableError } from './verify.js';
 
 export type ExtractedCredential =
   | { kind: 'none' }
@@ -101,7 +101,14 @@ export function authenticate(options: AuthenticateOptions): MiddlewareHandler<Bu
       auditFailure('malformed');
       throw new ApiError('malformed_credential', credential.message, { 'WWW-Authenticate': challenge('invalid_request') });
     }
-    const result = await verifier.verify(credential.token);
+    let result;
+    try {
+      result = await verifier.verify(credential.token);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // Not the client's fault and not a bug: say so, and when to come back.
+      throw new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
+    }
     if (!result.ok) {
       auditFailure(result.reason, { keyId: result.keyId ?? null, tenantId: result.tenant ?? null, details: { source: credential.source } });
       // One message for unknown, wrong, expired and revoked keys: the response must not tell which.

@@ -42,6 +42,12 @@ export interface KeyVerifierOptions {
   now?: () => number;
   maxCacheEntries?: number;
   /**
+   * While the store cannot be reached, a key verified within this long is still accepted from
+   * the cache (default 60 s), so a database restart does not take the gateway down with it.
+   * Revocations made during the outage land once the store answers again.
+   */
+  staleIfErrorMs?: number;
+  /**
    * The only key prefix accepted (`bwk_live_` in production, `bwk_test_` elsewhere), so a test
    * key made against a shared database never opens a production deployment.
    */
@@ -65,6 +71,7 @@ export class KeyVerifier {
   /** Bumped by `invalidate`, so a lookup that was in flight during a revocation is not cached. */
   readonly #generations = new Map<string, number>();
   readonly #prefix: string | undefined;
+  readonly #staleIfErrorMs: number;
 
   constructor(options: KeyVerifierOptions) {
     const { cacheMs = 500, maxCacheEntries = 10_000 } = options;
@@ -77,6 +84,7 @@ export class KeyVerifier {
     this.#onKeyUsed = options.onKeyUsed;
     this.#now = options.now ?? Date.now;
     this.#prefix = options.prefix;
+    this.#staleIfErrorMs = options.staleIfErrorMs ?? 60_000;
   }
 
   async verify(presented: string): Promise<VerifyResult> {
@@ -136,7 +144,13 @@ export class KeyVerifier {
     const cached = this.#cache.get(id);
     if (cached && now - cached.fetchedAt < this.#cacheMs) return cached.row;
     const generation = this.#generations.get(id);
-    const row = await this.#keys.findById(id);
+    let row: KeyRow | undefined;
+    try {
+      row = await this.#keys.findById(id);
+    } catch (err) {
+      if (cached && now - cached.fetchedAt < this.#staleIfErrorMs) return cached.row;
+      throw new StoreUnavailableError(err);
+    }
     if (row && this.#cacheMs > 0 && this.#generations.get(id) === generation) {
       this.#cache.delete(id);
       this.#cache.set(id, { row, fetchedAt: now });
@@ -145,6 +159,14 @@ export class KeyVerifier {
       this.#cache.delete(id);
     }
     return row;
+  }
+}
+
+/** The store could not be asked about a key that is not in the cache. */
+export class StoreUnavailableError extends Error {
+  constructor(cause: unknown) {
+    super('the key store cannot be reached', { cause });
+    this.name = 'StoreUnavailableError';
   }
 }
 

@@ -26,6 +26,8 @@ export interface CredentialRecord {
   updatedAt: Date;
 }
 
+/** How long a stored credential read earlier may be used while the store cannot be reached. */
+const STALE_IF_ERROR_MS = 60_000;
 const TENANT_FILE = /^([a-z0-9][a-z0-9_-]{0,62})\.json$/;
 
 /** The on-disk and stdin format, as documented in the README. */
@@ -246,7 +248,14 @@ export class StoredCredentials {
   async get(tenant: string): Promise<CredentialRecord | undefined> {
     const cached = this.#cache.get(tenant);
     if (cached && Date.now() - cached.at < this.#cacheMs) return cached.record;
-    const row = await this.#db.selectFrom('upstream_credentials').selectAll().where('tenant_id', '=', tenant).executeTakeFirst();
+    let row;
+    try {
+      row = await this.#db.selectFrom('upstream_credentials').selectAll().where('tenant_id', '=', tenant).executeTakeFirst();
+    } catch (err) {
+      // While the store is away, keep using what was read within the last minute.
+      if (cached && Date.now() - cached.at < STALE_IF_ERROR_MS) return cached.record;
+      throw err;
+    }
     let record: CredentialRecord | undefined;
     if (row) {
       const parsed = parseCredential(JSON.parse(this.#ring.decryptText(row.secret, StoredCredentials.aad(tenant))));

@@ -154,7 +154,9 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     // generously) plus max_tokens of output, and what that would cost.
     const generates = c.req.path === '/v1/messages' && body !== undefined;
     const estimated = generates ? { inputTokens: Math.ceil((body as Uint8Array).byteLength / 3), outputTokens: maxTokens, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 } : undefined;
-    const outcome = await ledger.reserve(subjects, { requests: 1, tokens: estimated ? totalTokens(estimated) : 0, usd: estimated ? costOf(estimated, price) : 0 });
+    const outcome = await ledger
+      .reserve(subjects, { requests: 1, tokens: estimated ? totalTokens(estimated) : 0, usd: estimated ? costOf(estimated, price) : 0 })
+      .catch(() => fail(new ApiError('service_unavailable', 'Bulwark cannot read the usage it needs to enforce your limits right now; try again shortly.', { 'Retry-After': '1' })));
     if (!outcome.ok) {
       audit({
         type: 'limit.exceeded',
@@ -172,7 +174,9 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     }
     reservation = outcome as Reservation;
 
-    const resolved = await credentials.resolve(principal.tenant);
+    const resolved = await credentials
+      .resolve(principal.tenant)
+      .catch(() => fail(new ApiError('service_unavailable', 'Bulwark cannot read the upstream credential right now; try again shortly.', { 'Retry-After': '1' })));
     if (!resolved) return fail(new ApiError('upstream_error', `Bulwark has no upstream credential for tenant '${principal.tenant}'.`));
     const record = resolved;
     const refreshFailed = () => {
