@@ -5,6 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { type Server, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -302,16 +304,34 @@ describe('OAuth upstream credentials', () => {
   let upstream: StandIn;
   let b: TestBulwark;
   let key: string;
+  let alerts: Server;
+  const received: unknown[] = [];
   const token = (kind: 'oat' | 'ort') => `sk-ant-${kind}01-${randomBytes(24).toString('hex')}`;
 
   beforeAll(async () => {
     upstream = await startAnthropicStandIn();
-    b = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: upstream.url }, { listen: true, file: { upstream: { oauthTokenUrl: `${upstream.url}${OAUTH_TOKEN_PATH}` } } });
+    // An operator's alert webhook, on loopback.
+    alerts = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        received.push(JSON.parse(body));
+        res.end();
+      });
+    });
+    await new Promise<void>((resolve) => alerts.listen(0, '127.0.0.1', resolve));
+    const webhook = `http://127.0.0.1:${(alerts.address() as AddressInfo).port}/hook`;
+    b = await startTestBulwark(
+      'pglite',
+      { BULWARK_UPSTREAM_URL: upstream.url, BULWARK_ALERT_WEBHOOK_URL: webhook },
+      { listen: true, file: { upstream: { oauthTokenUrl: `${upstream.url}${OAUTH_TOKEN_PATH}` } } },
+    );
     key = (await b.createKey(['llm'])).key;
   });
   afterAll(async () => {
     await b?.close();
     await upstream?.close();
+    await new Promise((resolve) => alerts?.close(resolve));
   });
 
   /** A tenant credential file with an access token that expires in `seconds`. */
@@ -365,7 +385,7 @@ describe('OAuth upstream credentials', () => {
     expect(upstream.tokenRequests - before).toBe(1);
   });
 
-  it('answers 502 api_error (never 401) when the refresh fails, and audits it', async () => {
+  it('answers 502 api_error (never 401) when the refresh fails, and audits and alerts it', async () => {
     oauthFile(10);
     upstream.fault = { kind: 'refuse-oauth' };
     const sdk = new Anthropic({ apiKey: key, baseURL: b.publicUrl, maxRetries: 0 });
@@ -376,6 +396,9 @@ describe('OAuth upstream credentials', () => {
     const failed = await b.runtime.auditReader.tail({ type: 'credentials.refresh_failed' });
     expect(failed.at(-1)).toMatchObject({ tenantId: 'default', details: expect.objectContaining({ reason: 'refresh_refused', status: 400 }) });
     expect((await rows(b)).at(-1)).toMatchObject({ status: 502, error_type: 'upstream_credential_refresh_failed' });
+    await b.runtime.alerter.settled();
+    expect(received.at(-1)).toMatchObject({ type: 'credentials.refresh_failed', severity: 'critical', tenant: 'default', source: 'bulwark' });
+    expect(JSON.stringify(received)).not.toMatch(/sk-ant-o[ar]t01-/);
   });
 
   it('persists a refreshed credential that lives in the store back to the store, encrypted', async () => {

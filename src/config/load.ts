@@ -58,6 +58,8 @@ export interface Config {
   readonly log: { readonly level: string };
   readonly limits: { readonly keys: LimitSet | undefined; readonly tenants: Readonly<Record<string, LimitSet>> };
   readonly prices: PriceTable;
+  /** Webhook URLs are secrets (they authorise posting). */
+  readonly alerts: { readonly webhookUrl: string | undefined; readonly slackWebhookUrl: string | undefined };
   /** Where the config file came from, if any. */
   readonly configFile: string | undefined;
 }
@@ -154,6 +156,7 @@ export function loadConfig(options: LoadOptions = {}): Config {
     log: { level: file.log.level },
     limits: { keys: file.limits.keys, tenants: file.limits.tenants },
     prices: file.prices,
+    alerts: { webhookUrl: file.alerts.webhookUrl, slackWebhookUrl: file.alerts.slackWebhookUrl },
     configFile,
   };
   return deepFreeze(config);

@@ -122,6 +122,7 @@ export const FileConfigSchema = z.strictObject({
   limits: z
     .strictObject({ keys: LimitSetSchema.optional(), tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'is not a tenant id'), LimitSetSchema).default({}) })
     .default({ tenants: {} }),
+  alerts: z.strictObject({ webhookUrl: z.url().optional(), slackWebhookUrl: z.url().optional() }).default({}),
   /** US dollars per million tokens, by model name or pattern (`*`). */
   prices: z.record(z.string().min(1), PriceSchema).default({}),
   log: z
@@ -171,6 +172,8 @@ export const ENV_SETTINGS: readonly EnvSetting[] = [
   { env: 'BULWARK_TLS_CERT', path: ['tls', 'cert'], kind: 'string' },
   { env: 'BULWARK_TLS_KEY', path: ['tls', 'key'], kind: 'string' },
   { env: 'BULWARK_LOG_LEVEL', path: ['log', 'level'], kind: 'string' },
+  { env: 'BULWARK_ALERT_WEBHOOK_URL', path: ['alerts', 'webhookUrl'], kind: 'string', secret: true },
+  { env: 'BULWARK_SLACK_WEBHOOK_URL', path: ['alerts', 'slackWebhookUrl'], kind: 'string', secret: true },
 ];
 
 /** Variables that are not settings but that Bulwark's tools may read; never refused. */

@@ -23,6 +23,7 @@ import { FileCredentials, StoredCredentials } from '../proxy/credentials.js';
 import { ProxyManagement } from '../proxy/management.js';
 import { BudgetLedger, type Subject } from '../proxy/limits.js';
 import { OAuthRefresher } from '../proxy/oauth.js';
+import { type Alerter, createAlerter, slackSink, webhookSink } from '../monitor/alerts.js';
 import { RequestLog } from '../proxy/request-log.js';
 import type { CredentialResolver } from '../proxy/routes.js';
 import { Upstream } from '../proxy/upstream.js';
@@ -39,6 +40,7 @@ export interface Runtime {
   readonly credentials: CredentialResolver;
   readonly upstream: Upstream;
   readonly oauth: OAuthRefresher;
+  readonly alerter: Alerter;
   readonly ledger: BudgetLedger;
   /** A caller's limit subjects: its key (own limits, or the configured key default) and its tenant. */
   subjectsFor(principal: Principal): Subject[];
@@ -161,7 +163,15 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     firstByteTimeoutMs: config.upstream.firstByteTimeoutMs,
     idleTimeoutMs: config.upstream.idleTimeoutMs,
   });
+  const alerter = createAlerter(
+    [
+      ...(config.alerts.webhookUrl ? [webhookSink(config.alerts.webhookUrl)] : []),
+      ...(config.alerts.slackWebhookUrl ? [slackSink(config.alerts.slackWebhookUrl)] : []),
+    ],
+    (sink, error) => logger.error({ sink, error }, 'an alert could not be delivered'),
+  );
   const oauth = new OAuthRefresher({
+    alert: (a) => alerter.alert(a),
     tokenUrl: config.upstream.oauthTokenUrl,
     clientId: config.upstream.oauthClientId,
     refreshBeforeMs: config.upstream.oauthRefreshBeforeSeconds * 1000,
@@ -227,6 +237,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     credentials,
     upstream,
     oauth,
+    alerter,
     ledger,
     subjectsFor,
     requestLog,
@@ -247,6 +258,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     },
     async stop() {
       fileCredentials.stop();
+      await alerter.settled();
       await upstream.close();
     },
     abandon() {

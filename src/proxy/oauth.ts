@@ -6,6 +6,7 @@
  * access token, and a failed refresh is audited and reported — the caller answers 502.
  */
 import type { AuditEventInput } from '../audit/log.js';
+import type { Alert } from '../monitor/alerts.js';
 import type { CredentialRecord, UpstreamCredential } from './credentials.js';
 
 type OAuthCredential = Extract<UpstreamCredential, { type: 'oauth' }>;
@@ -20,6 +21,8 @@ export interface OAuthRefresherOptions {
   /** Writes the refreshed credential back to where the record came from. */
   persist: (record: CredentialRecord, credential: UpstreamCredential) => Promise<void>;
   audit: (event: AuditEventInput) => void;
+  /** Tells operators now: a tenant's upstream calls fail until its credential is fixed. */
+  alert?: (alert: Alert) => void;
   logError: (message: string, fields: Record<string, unknown>) => void;
   timeoutMs?: number;
   now?: () => number;
@@ -32,7 +35,7 @@ interface TokenResponse {
 }
 
 export class OAuthRefresher {
-  readonly #o: Required<Omit<OAuthRefresherOptions, 'now'>> & { now: () => number };
+  readonly #o: Required<Omit<OAuthRefresherOptions, 'now' | 'alert'>> & { now: () => number; alert: ((alert: Alert) => void) | undefined };
   readonly #inflight = new Map<string, Promise<RefreshOutcome>>();
   /**
    * Refreshed credentials that could not be persisted, by tenant, with the access token they
@@ -45,7 +48,7 @@ export class OAuthRefresher {
     const { refreshBeforeMs = 60_000, timeoutMs = 15_000, now = Date.now } = options;
     if (!/^https?:\/\//.test(options.tokenUrl)) throw new Error('upstream.oauthTokenUrl: must be an http(s) URL');
     if (!options.clientId) throw new Error('upstream.oauthClientId: is required');
-    this.#o = { ...options, refreshBeforeMs, timeoutMs, now };
+    this.#o = { ...options, refreshBeforeMs, timeoutMs, now, alert: options.alert };
   }
 
   /** The credential to use now: an API key as is, an OAuth token refreshed first if it is about to expire. */
@@ -88,6 +91,13 @@ export class OAuthRefresher {
     const fail = (reason: string, detail: Record<string, unknown> = {}): RefreshOutcome => {
       this.#o.audit({ type: 'credentials.refresh_failed', outcome: 'failure', tenantId: record.tenant, details: { reason, source: record.source, ...detail } });
       this.#o.logError('OAuth refresh of an upstream credential failed', { tenant: record.tenant, reason, ...detail });
+      this.#o.alert?.({
+        type: 'credentials.refresh_failed',
+        severity: 'critical',
+        tenant: record.tenant,
+        message: `the upstream OAuth credential could not be refreshed (${reason}); the tenant's calls fail with 502 until it is replaced`,
+        details: { reason, source: record.source, ...detail },
+      });
       return { ok: false, reason };
     };
     let response: Response;
