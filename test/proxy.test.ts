@@ -92,6 +92,15 @@ describe('Anthropic proxy', () => {
     expect(viaBulwark).toContain('event: message_stop');
   });
 
+  it('serves the same stream in process, through web streams, where there is no Node socket', async () => {
+    const init = { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify({ ...MESSAGE, stream: true }) };
+    const inProcess = await (await b.publicApp.request('/v1/messages', init)).text();
+    const overHttp = await (await fetch(`${b.publicUrl}/v1/messages`, init)).text();
+    const normalise = (text: string) => text.replace(/msg_[A-Za-z0-9]+/g, 'msg_X');
+    expect(normalise(inProcess)).toBe(normalise(overHttp));
+    expect((await rows(b)).at(-1)).toMatchObject({ stream: true, status: 200, error_type: null });
+  });
+
   it('sends the tenant credential upstream, never the client key, and forwards anthropic-version and anthropic-beta', async () => {
     upstream.requests.length = 0;
     await fetch(`${b.publicUrl}/v1/messages`, {

@@ -25,7 +25,7 @@ export function accessLog(options: AccessLogOptions): MiddlewareHandler<BulwarkE
     try {
       await next();
     } finally {
-      const status = c.res.status;
+      const status = c.get('sentStatus') ?? c.res.status;
       const principal = c.get('principal');
       const line = {
         listener,

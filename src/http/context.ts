@@ -12,6 +12,8 @@ export interface BulwarkVariables {
   principal: Principal;
   /** Whether the request presented any credential (for audit of failures). */
   credentialPresented: boolean;
+  /** The status of a response written straight to the socket (the proxy's fast path). */
+  sentStatus: number | undefined;
   /** Set on `/v1/*`: errors are written in Anthropic's shape instead of Bulwark's envelope. */
   errorFormat: 'anthropic' | undefined;
 }

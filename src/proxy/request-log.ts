@@ -4,7 +4,7 @@
  * replayed at start, and inserted idempotently (`on conflict do nothing`), so a replayed or
  * late-confirmed batch never doubles a row and none is lost.
  */
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import type { Tables } from '../store/tables.js';
 import { WriteBehind, type WriteBehindReport, isDataError } from '../store/write-behind.js';
 
@@ -53,39 +53,7 @@ export class RequestLog {
       batchSize: 500,
       ...(options.flushIntervalMs !== undefined ? { flushIntervalMs: options.flushIntervalMs } : {}),
       ...(options.maxItems !== undefined ? { maxItems: options.maxItems } : {}),
-      write: async (batch) => {
-        await db
-          .insertInto('requests')
-          .values(
-            batch.map((r) => ({
-              id: r.id,
-              time: r.time,
-              tenant_id: r.tenantId,
-              key_id: r.keyId,
-              method: r.method,
-              path: r.path,
-              model: r.model,
-              stream: r.stream,
-              status: r.status,
-              error_type: r.errorType,
-              input_tokens: r.inputTokens,
-              output_tokens: r.outputTokens,
-              cache_creation_input_tokens: r.cacheCreationInputTokens,
-              cache_read_input_tokens: r.cacheReadInputTokens,
-              cost_usd: r.costUsd,
-              latency_ms: r.latencyMs,
-              first_token_ms: r.firstTokenMs,
-              ip: r.ip,
-              user_agent: r.userAgent,
-              request_id: r.requestId,
-              upstream_request_id: r.upstreamRequestId,
-              request_body: r.requestBody,
-              response_body: r.responseBody,
-            })),
-          )
-          .onConflict((oc) => oc.column('id').doNothing())
-          .execute();
-      },
+      write: (batch) => insertRows(db, batch),
     });
   }
 
@@ -112,4 +80,26 @@ export class RequestLog {
   abandon(): number {
     return this.#queue.abandon();
   }
+}
+
+/**
+ * One INSERT for the whole batch, with one array parameter per column (`unnest`): PostgreSQL
+ * parses 23 parameters instead of 23 per row, which halves the cost per row on the embedded
+ * database. `on conflict do nothing` makes a repeated batch harmless.
+ */
+async function insertRows(db: Kysely<Tables>, batch: readonly RequestRecord[]): Promise<void> {
+  const column = <K extends keyof RequestRecord>(key: K) => batch.map((r) => r[key]);
+  await sql`
+    insert into requests (id, time, tenant_id, key_id, method, path, model, stream, status, error_type,
+      input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd,
+      latency_ms, first_token_ms, ip, user_agent, request_id, upstream_request_id, request_body, response_body)
+    select * from unnest(
+      ${column('id')}::text[], ${column('time')}::timestamptz[], ${column('tenantId')}::text[], ${column('keyId')}::text[],
+      ${column('method')}::text[], ${column('path')}::text[], ${column('model')}::text[], ${column('stream')}::boolean[],
+      ${column('status')}::integer[], ${column('errorType')}::text[], ${column('inputTokens')}::integer[],
+      ${column('outputTokens')}::integer[], ${column('cacheCreationInputTokens')}::integer[],
+      ${column('cacheReadInputTokens')}::integer[], ${column('costUsd')}::double precision[], ${column('latencyMs')}::integer[],
+      ${column('firstTokenMs')}::integer[], ${column('ip')}::text[], ${column('userAgent')}::text[], ${column('requestId')}::text[],
+      ${column('upstreamRequestId')}::text[], ${column('requestBody')}::text[], ${column('responseBody')}::text[])
+    on conflict (id) do nothing`.execute(db);
 }

@@ -15,6 +15,7 @@ import type { CredentialRecord, UpstreamCredential } from './credentials.js';
 import type { Principal } from '../auth/principal.js';
 import { type BudgetLedger, type Price, type PriceTable, type Reservation, type Subject, costOf, modelAllowed, priceFor, totalTokens } from './limits.js';
 import type { OAuthRefresher } from './oauth.js';
+import { hasNodeResponse, onClientGone, readBody, relay } from './node-io.js';
 import { BodyCapture, MAX_STORED_BODY_BYTES, sealBody } from './retention.js';
 import type { KeyRing } from '../store/crypto.js';
 import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
@@ -121,7 +122,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     };
 
     let maxTokens = DEFAULT_MAX_TOKENS;
-    if (spec.body !== 'none') body = new Uint8Array(await c.req.arrayBuffer());
+    if (spec.body !== 'none') body = await readBody(c);
     if (spec.body === 'json' && body) {
       let parsed: unknown;
       try {
@@ -188,8 +189,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     let credential = fresh.credential;
 
     const abort = new AbortController();
-    const clientGone = () => abort.abort();
-    c.req.raw.signal.addEventListener('abort', clientGone, { once: true });
+    const stopWatching = onClientGone(c, () => abort.abort());
     const send = async (using: UpstreamCredential) => {
       try {
         return await upstream.send({
@@ -200,7 +200,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
           signal: abort.signal,
         });
       } catch (err) {
-        c.req.raw.signal.removeEventListener('abort', clientGone);
+        stopWatching();
         if (abort.signal.aborted) return undefined;
         const failure = classifyUpstreamError(err);
         row.errorType = failure.cause;
@@ -240,31 +240,40 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     const meter = new UsageMeter(contentType, started);
     const status = response.statusCode;
     isBulwarkAnswer = false;
-    const stream = passThrough({
-      body: response.body,
-      meter,
-      capture,
-      sse,
-      abortUpstream: () => abort.abort(),
-      streamErrorEvent: (error) => {
-        const failure = classifyUpstreamError(error);
-        const event = anthropicErrorBody('api_error', failure.message, c.get('requestId'));
-        return encoder.encode(`event: error\ndata: ${JSON.stringify(event)}\n\n`);
-      },
-      onEnd: (end: StreamEnd) => {
-        c.req.raw.signal.removeEventListener('abort', clientGone);
-        const usage = meter.finish();
-        row.model = usage.model ?? row.model;
-        row.inputTokens = usage.inputTokens;
-        row.outputTokens = usage.outputTokens;
-        row.cacheCreationInputTokens = usage.cacheCreationInputTokens;
-        row.cacheReadInputTokens = usage.cacheReadInputTokens;
-        row.firstTokenMs = usage.firstTokenMs;
-        if (end.kind === 'client_disconnected') return finish(status, 'client_disconnected');
-        if (end.kind === 'upstream_failed') return finish(status, classifyUpstreamError(end.error).cause);
-        finish(status, usage.errorType);
-      },
-    });
+    const streamErrorEvent = (error: unknown) => {
+      const failure = classifyUpstreamError(error);
+      const event = anthropicErrorBody('api_error', failure.message, c.get('requestId'));
+      return encoder.encode(`event: error\ndata: ${JSON.stringify(event)}\n\n`);
+    };
+    const onEnd = (end: StreamEnd) => {
+      stopWatching();
+      const usage = meter.finish();
+      row.model = usage.model ?? row.model;
+      row.inputTokens = usage.inputTokens;
+      row.outputTokens = usage.outputTokens;
+      row.cacheCreationInputTokens = usage.cacheCreationInputTokens;
+      row.cacheReadInputTokens = usage.cacheReadInputTokens;
+      row.firstTokenMs = usage.firstTokenMs;
+      if (end.kind === 'client_disconnected') return finish(status, 'client_disconnected');
+      if (end.kind === 'upstream_failed') return finish(status, classifyUpstreamError(end.error).cause);
+      finish(status, usage.errorType);
+    };
+    c.set('sentStatus', status);
+    if (hasNodeResponse(c)) {
+      return relay(c, {
+        status,
+        headers,
+        body: response.body,
+        onChunk: (chunk) => {
+          meter.feed(chunk);
+          capture?.add(chunk);
+        },
+        errorEvent: sse ? streamErrorEvent : undefined,
+        onEnd,
+        abortUpstream: () => abort.abort(),
+      });
+    }
+    const stream = passThrough({ body: response.body, meter, capture, sse, abortUpstream: () => abort.abort(), streamErrorEvent, onEnd });
     return new Response(stream, { status, headers });
   }
 
