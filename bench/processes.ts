@@ -117,7 +117,7 @@ export interface BulwarkOptions {
 
 export interface Bulwark {
   child: ChildProcess;
-  /** What it wrote on stderr (warnings and errors; the level is `warn`): a line count and the last lines. */
+  /** Log records it wrote on stderr (warnings and errors; the level is `warn`): a count and the last few. */
   stderr: { lines: number; tail: string[] };
   dataDir: string;
   publicUrl: string;
@@ -172,6 +172,8 @@ export async function startBulwark(options: BulwarkOptions): Promise<BulwarkStar
     stderr = (stderr + chunk.toString('utf8')).slice(-8192);
   });
   createInterface({ input: child.stderr! }).on('line', (line) => {
+    // Log records are JSON lines; the plain-text start-up banner is not worth reporting.
+    if (!line.startsWith('{')) return;
     logged.lines += 1;
     logged.tail.push(line.slice(0, 500));
     if (logged.tail.length > 5) logged.tail.shift();

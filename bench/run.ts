@@ -96,6 +96,8 @@ interface RowCheck {
   spooledRows: number;
   lost: number;
   matchesResponses: boolean;
+  /** Rows equal to requests sent: every request, answered or cut off by the end of a run, has its row. */
+  matchesSent: boolean;
   shutdown: RowCount['stop'];
 }
 
@@ -196,6 +198,7 @@ async function main(): Promise<void> {
       spooledRows: counted.spooledRows,
       lost,
       matchesResponses: counted.rows === tally.responses,
+      matchesSent: counted.rows === tally.sent,
       shutdown: counted.stop,
     });
     removeDataDir(instance);
@@ -218,7 +221,7 @@ async function main(): Promise<void> {
   }
   checks.push({ name: 'bulwark streaming first-byte overhead', goal: `< ${TARGETS.firstByteOverheadMs} ms`, value: `${firstByteOverheadMs.toFixed(3)} ms`, met: Number.isFinite(firstByteOverheadMs) ? firstByteOverheadMs < TARGETS.firstByteOverheadMs : undefined });
   for (const r of rss) checks.push({ name: `${r.target} peak RSS`, goal: `<= ${TARGETS.rssMb} MB`, value: `${r.peakMb.toFixed(1)} MB`, met: r.peakMb > 0 ? r.peakMb <= TARGETS.rssMb : undefined });
-  for (const r of rowChecks) checks.push({ name: `${r.target} lost rows`, goal: '0', value: `${r.lost} (rows ${r.rows}, responses ${r.responses})`, met: r.lost === 0 });
+  for (const r of rowChecks) checks.push({ name: `${r.target} lost rows`, goal: '0', value: `${r.lost} (rows ${r.rows}, responses ${r.responses}, sent ${r.sent})`, met: r.lost === 0 });
 
   const out: string[] = [];
   out.push('', `Bulwark bench — Node ${process.version}, ${cpus().length} CPUs, loopback, ${SETTINGS.durationSeconds} s per run after ${SETTINGS.warmupSeconds} s warm-up (cap ${SETTINGS.maxRequests} requests)`, '');
@@ -230,12 +233,17 @@ async function main(): Promise<void> {
   for (const endpoint of endpoints) {
     const logged = endpoint.bulwark?.instance.stderr;
     if (!logged || logged.lines === 0) continue;
-    out.push(`${endpoint.target} wrote ${logged.lines} line(s) on stderr at level warn; the last:`, ...logged.tail.map((line) => `  ${line}`));
+    out.push(`${endpoint.target} logged ${logged.lines} record(s) at level warn or above; the last:`, ...logged.tail.map((line) => `  ${line}`));
   }
   out.push('');
   for (const r of rowChecks) {
+    const inFlight = r.sent - r.responses - r.clientErrors;
     out.push(
-      `${r.target} rows: ${r.rows} in the store (+${r.spooledRows} in the spool) vs ${r.responses} responses received (2xx + non-2xx; ${r.sent} requests sent, ${r.clientErrors} client-side errors) -> ${r.matchesResponses ? 'match' : `no match (difference ${r.rows - r.responses})`}`,
+      `${r.target} rows: ${r.rows} in the store (+${r.spooledRows} left in the spool)`,
+      `  vs responses received (2xx + non-2xx): ${r.responses} -> ${r.matchesResponses ? 'match' : `no match (rows - responses = ${r.rows - r.responses})`}`,
+      `  vs requests sent: ${r.sent} -> ${r.matchesSent ? 'match' : `no match (rows - sent = ${r.rows - r.sent})`}` +
+        (inFlight > 0 ? `; ${inFlight} request(s) were still in flight when a load run ended (sent, never answered to the client)` : '') +
+        (r.clientErrors > 0 ? `; ${r.clientErrors} client-side error(s)` : ''),
       `  shutdown: ${r.shutdown.killed ? 'had to be killed' : `exit ${r.shutdown.code ?? r.shutdown.signal}`} after ${r.shutdown.ms} ms`,
     );
   }
