@@ -259,6 +259,7 @@ describe('security cases of every authenticated route', () => {
         { method: 'POST', path: '/api/tenants', scope: 'admin', body: { id: 'zz' } },
         { method: 'GET', path: '/api/audit/events', scope: 'admin' },
         { method: 'GET', path: '/api/audit/verify', scope: 'admin' },
+        { method: 'GET', path: '/metrics', scope: 'admin' },
       ],
       { app: () => b.adminApp, key },
     );

@@ -630,3 +630,34 @@ describe('body storage, retention and key rotation', () => {
     expect((await b.runtime.auditReader.tail({ type: 'retention.purged' })).at(-1)?.details).toMatchObject({ bodiesCleared: 1, rowsDeleted: 1 });
   });
 });
+
+describe('metrics', () => {
+  it('counts calls, audit events and the write queues on the admin listener, for a metrics-scoped key', async () => {
+    const upstream = await startAnthropicStandIn();
+    const b = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: upstream.url }, { listen: true });
+    try {
+      const upstreamKey = fakeUpstreamKey();
+      upstream.apiKeys.add(upstreamKey);
+      writeCredential(b, 'default', { type: 'api_key', api_key: upstreamKey });
+      const sdk = new Anthropic({ apiKey: (await b.createKey(['llm'])).key, baseURL: b.publicUrl, maxRetries: 0 });
+      await sdk.messages.create(MESSAGE);
+      await fetch(`${b.publicUrl}/api/whoami`); // an authentication failure
+      await b.runtime.flush();
+      const scraper = (await b.createKey(['metrics'])).key;
+      const response = await b.adminApp.request('/metrics', { headers: { authorization: `Bearer ${scraper}` } });
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toContain('text/plain; version=0.0.4');
+      const text = await response.text();
+      expect(text).toContain('bulwark_proxy_requests_total{status="200",stream="false"} 1');
+      expect(text).toMatch(/bulwark_audit_events_total\{type="auth.failure",outcome="failure"\} [1-9]/);
+      expect(text).toContain('bulwark_write_queue_spooled_total{queue="requests"} 0');
+      expect(text).toMatch(/bulwark_write_queue_written_total\{queue="requests"\} [1-9]/);
+      // The metrics scope opens nothing else on the admin listener.
+      expect((await b.adminApp.request('/api/keys', { headers: { authorization: `Bearer ${scraper}` } })).status).toBe(403);
+      expect((await b.adminApp.request('/metrics')).status).toBe(401);
+    } finally {
+      await b.close();
+      await upstream.close();
+    }
+  });
+});

@@ -54,6 +54,7 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
       audit: runtime.audit,
       allowPaths: runtime.config.upstream.allowPaths,
       storeBodies: runtime.config.storage.bodies ? runtime.keyRing : undefined,
+      metrics: runtime.metrics,
     }),
   );
   return app;
@@ -68,6 +69,10 @@ export function createAdminApp(runtime: Runtime): Hono<BulwarkEnv> {
   app.route('/', readinessRoutes(runtime.database));
 
   app.use('*', authenticate({ verifier: runtime.adminVerifier, audit: runtime.audit, required: true }));
+  // Prometheus scrapers get a key with just the `metrics` scope; everything else needs `admin`.
+  app.get('/metrics', requireScope(['metrics', 'admin'], { audit: runtime.audit }), (c) =>
+    c.text(runtime.metrics.render(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }),
+  );
   app.use('*', requireScope('admin', { audit: runtime.audit }));
   app.route('/', adminApiRoutes({ keyService: runtime.keyService, proxyManagement: runtime.proxyManagement, auditReader: runtime.auditReader, audit: runtime.audit }));
   return app;

@@ -24,6 +24,7 @@ import { ProxyManagement } from '../proxy/management.js';
 import { BudgetLedger, type Subject } from '../proxy/limits.js';
 import { OAuthRefresher } from '../proxy/oauth.js';
 import { type Alerter, createAlerter, slackSink, webhookSink } from '../monitor/alerts.js';
+import { Metrics } from '../monitor/metrics.js';
 import { RequestLog } from '../proxy/request-log.js';
 import type { CredentialResolver } from '../proxy/routes.js';
 import { Upstream } from '../proxy/upstream.js';
@@ -41,6 +42,7 @@ export interface Runtime {
   readonly upstream: Upstream;
   readonly oauth: OAuthRefresher;
   readonly alerter: Alerter;
+  readonly metrics: Metrics;
   readonly ledger: BudgetLedger;
   /** A caller's limit subjects: its key (own limits, or the configured key default) and its tenant. */
   subjectsFor(principal: Principal): Subject[];
@@ -95,8 +97,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const hasher = createKeyHasher(config.secrets.keyHashSecret);
   const anchorFile = path.join(config.dataDir, 'audit-head.json');
   const auditLog = new AuditLog(database.db, { spoolDir, anchorFile, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  const metrics = new Metrics();
   const audit = (event: AuditEventInput) => {
     auditLog.record(event);
+    metrics.inc('bulwark_audit_events_total', 'Audit events recorded, by type and outcome (auth failures, denials, refused limits, …).', { type: event.type, outcome: event.outcome });
   };
 
   // last_used_at: at most one queued item per key however busy it is; the write takes the
@@ -206,6 +210,18 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   };
   const requestLog = new RequestLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
 
+  metrics.collect(() => {
+    const queues = { audit: auditLog.stats, 'last-used': lastUsed.stats, requests: requestLog.stats };
+    for (const [queue, stats] of Object.entries(queues)) {
+      metrics.set('bulwark_write_queue_pending', 'Items waiting to be written to the database.', { queue }, stats.pending);
+      metrics.set('bulwark_write_queue_written_total', 'Items written to the database.', { queue }, stats.written, 'counter');
+      metrics.set('bulwark_write_queue_spooled_total', 'Items that could not be written in time and went to the spool file (replayed at start).', { queue }, stats.spooled, 'counter');
+      metrics.set('bulwark_write_queue_failed_writes_total', 'Database writes that failed and were retried.', { queue }, stats.failedAttempts, 'counter');
+    }
+    metrics.set('process_resident_memory_bytes', 'Resident memory of the Bulwark process.', {}, process.memoryUsage().rss);
+    metrics.set('bulwark_uptime_seconds', 'Seconds since this process started serving.', {}, Math.round(process.uptime()));
+  });
+
   const keyService = new KeyService({
     keys,
     tenants,
@@ -238,6 +254,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     upstream,
     oauth,
     alerter,
+    metrics,
     ledger,
     subjectsFor,
     requestLog,

@@ -18,6 +18,7 @@ import type { OAuthRefresher } from './oauth.js';
 import { hasNodeResponse, onClientGone, readBody, relay } from './node-io.js';
 import { BodyCapture, MAX_STORED_BODY_BYTES, sealBody } from './retention.js';
 import type { KeyRing } from '../store/crypto.js';
+import type { Metrics } from '../monitor/metrics.js';
 import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
 import { type Upstream, classifyUpstreamError } from './upstream.js';
@@ -41,6 +42,7 @@ export interface ProxyOptions {
   allowPaths?: readonly string[];
   /** With a key ring: store request and response bodies, masked and encrypted. */
   storeBodies?: KeyRing | undefined;
+  metrics?: Metrics | undefined;
 }
 
 /** Marks `/v1/*` so errors are written in Anthropic's shape; runs before authentication. */
@@ -61,7 +63,7 @@ const encoder = new TextEncoder();
 const DEFAULT_MAX_TOKENS = 4096;
 
 export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
-  const { ledger, subjectsFor, prices, upstream, credentials, oauth, requestLog, audit, allowPaths = [], storeBodies } = options;
+  const { ledger, subjectsFor, prices, upstream, credentials, oauth, requestLog, audit, allowPaths = [], storeBodies, metrics } = options;
   const write = requireScope(['llm', 'write'], { audit });
   const read = requireScope(['llm', 'read'], { audit });
   const allowed = (path: string) => allowPaths.some((p) => (p.endsWith('*') ? path.startsWith(p.slice(0, -1)) : path === p));
@@ -115,6 +117,9 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
         if (text) row.responseBody = sealBody(storeBodies, text, row.tenantId, row.id, 'response_body');
       }
       requestLog.record(row);
+      metrics?.inc('bulwark_proxy_requests_total', 'Calls to /v1, by HTTP status and whether they streamed.', { status: String(row.status), stream: String(row.stream) });
+      metrics?.inc('bulwark_proxy_tokens_total', 'Tokens used through /v1, by kind.', { kind: 'input' }, row.inputTokens);
+      metrics?.inc('bulwark_proxy_tokens_total', 'Tokens used through /v1, by kind.', { kind: 'output' }, row.outputTokens);
     };
     const fail = (error: ApiError): never => {
       finish(error.status, error.code);
