@@ -556,3 +556,11 @@ describe('review fixes', () => {
     }
   });
 });
+
+describe('upstream URLs in production', () => {
+  it('refuses a plain-http upstream or token endpoint off loopback, and accepts https or loopback', () => {
+    const problems = safetyProblems(load({ ...safeProductionEnv(), BULWARK_UPSTREAM_URL: 'http://llm.internal:8080' }), { statMode: () => undefined });
+    expect(problems).toEqual(['BULWARK_UPSTREAM_URL: must be https (it carries upstream credentials)']);
+    expect(safetyProblems(load({ ...safeProductionEnv(), BULWARK_UPSTREAM_URL: 'http://127.0.0.1:8080' }), { statMode: () => undefined })).toEqual([]);
+  });
+});

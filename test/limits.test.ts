@@ -18,7 +18,8 @@ describe('BudgetLedger', () => {
     const now = { t: Date.UTC(2026, 10, 25, 12, 0, 30) };
     const l = ledger(now);
     const first = await l.reserve([key({ requestsPerMinute: 1 })], { requests: 1, tokens: 0, usd: 0 });
-    expect(first.ok).toBe(true);
+    if (!first.ok) throw new Error('unreachable');
+    first.settle({ requests: 1, tokens: 0, usd: 0 });
     const second = await l.reserve([key({ requestsPerMinute: 1 })], { requests: 1, tokens: 0, usd: 0 });
     expect(second).toMatchObject({ ok: false, rule: 'requestsPerMinute', limit: 1, retryAfterSeconds: 30 });
     if (second.ok) throw new Error('unreachable');
@@ -108,5 +109,24 @@ describe('prices and models', () => {
     expect(modelAllowed(['claude-haiku-*'], 'claude-sonnet-4-5')).toBe(false);
     expect(modelAllowed(['claude-haiku-*'], null)).toBe(false);
     expect(modelAllowed(['a.b'], 'aXb')).toBe(false);
+  });
+});
+
+describe('hardening', () => {
+  it('finds no price for a model named after an Object.prototype member', () => {
+    expect(priceFor({ 'claude-*': { input: 1, output: 1 } }, 'constructor')).toBeUndefined();
+    expect(priceFor({}, '__proto__')).toBeUndefined();
+  });
+
+  it('refuses a non-finite amount instead of letting NaN through', async () => {
+    const l = ledger({ t: Date.now() });
+    expect(await l.reserve([key({ usdPerDay: 0.01 })], { requests: 1, tokens: 0, usd: Number.NaN })).toMatchObject({ ok: false });
+    expect((await l.reserve([key({ usdPerDay: 0.01 })], { requests: 1, tokens: 0, usd: 0.005 })).ok).toBe(true);
+  });
+
+  it('says retry in seconds, not at the end of the day, when only calls in flight fill a day budget', async () => {
+    const l = ledger({ t: Date.UTC(2026, 10, 25, 1, 0, 0) });
+    expect((await l.reserve([key({ tokensPerDay: 1_000 })], { requests: 1, tokens: 900, usd: 0 })).ok).toBe(true);
+    expect(await l.reserve([key({ tokensPerDay: 1_000 })], { requests: 1, tokens: 900, usd: 0 })).toMatchObject({ ok: false, retryAfterSeconds: 2 });
   });
 });

@@ -13,6 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
 import { sql } from 'kysely';
 import { StoredCredentials } from '../src/proxy/credentials.js';
+import { SseFramer } from '../src/proxy/forward.js';
 import { bodyAad, countNeedingRotation, rotateEncryption } from '../src/proxy/retention.js';
 import { KeyRing } from '../src/store/crypto.js';
 import { filesUnder } from './helpers/process.js';
@@ -408,6 +409,34 @@ describe('OAuth upstream credentials', () => {
     await b.runtime.alerter.settled();
     expect(received.at(-1)).toMatchObject({ type: 'credentials.refresh_failed', severity: 'critical', tenant: 'default', source: 'bulwark' });
     expect(JSON.stringify(received)).not.toMatch(/sk-ant-o[ar]t01-/);
+
+    // The same dead refresh token is not offered again for a while, and paged only once.
+    const tokenRequests = upstream.tokenRequests;
+    const alerts = received.length;
+    await expect(sdk.messages.create(MESSAGE)).rejects.toMatchObject({ status: 502 });
+    await b.runtime.alerter.settled();
+    expect(upstream.tokenRequests).toBe(tokenRequests);
+    expect(received.length).toBe(alerts);
+  });
+
+  it('gives a request that read the credential before a refresh the new token, instead of refreshing with the rotated-away one', async () => {
+    const { access, refresh } = oauthFile(10);
+    const stale = { tenant: 'default', source: 'file' as const, updatedAt: new Date(), credential: { type: 'oauth' as const, accessToken: access, refreshToken: refresh, expiresAt: Date.now() + 10_000 } };
+    const first = await b.runtime.oauth.ensureFresh(stale);
+    expect(first.ok).toBe(true);
+    const before = upstream.tokenRequests;
+    const again = await b.runtime.oauth.afterRejection(stale, stale.credential);
+    expect(again).toEqual(first);
+    expect(upstream.tokenRequests).toBe(before);
+  });
+
+  it("never overwrites a credential file an operator replaced while a refresh was under way", async () => {
+    const { file } = oauthFile(3600);
+    const operators = { type: 'oauth', access_token: token('oat'), refresh_token: token('ort'), expires_at: Math.floor(Date.now() / 1000) + 7200 };
+    writeFileSync(file, JSON.stringify(operators));
+    const written = b.runtime.fileCredentials.persistIfUnchanged('default', { type: 'oauth', accessToken: 'x', refreshToken: 'y', expiresAt: Date.now() }, 'the-old-refresh-token');
+    expect(written).toBe(false);
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual(operators);
   });
 
   it('persists a refreshed credential that lives in the store back to the store, encrypted', async () => {
@@ -655,6 +684,123 @@ describe('metrics', () => {
       // The metrics scope opens nothing else on the admin listener.
       expect((await b.adminApp.request('/api/keys', { headers: { authorization: `Bearer ${scraper}` } })).status).toBe(403);
       expect((await b.adminApp.request('/metrics')).status).toBe(401);
+    } finally {
+      await b.close();
+      await upstream.close();
+    }
+  });
+});
+
+describe('clients that leave early', () => {
+  let upstream: StandIn;
+  let b: TestBulwark;
+  let upstreamKey: string;
+
+  beforeAll(async () => {
+    upstream = await startAnthropicStandIn();
+    b = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: upstream.url }, { listen: true });
+    upstreamKey = fakeUpstreamKey();
+    upstream.apiKeys.add(upstreamKey);
+    writeCredential(b, 'default', { type: 'api_key', api_key: upstreamKey });
+  });
+  afterAll(async () => {
+    await b?.close();
+    await upstream?.close();
+  });
+
+  const post = (key: string, body: unknown, signal?: AbortSignal) =>
+    fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', signal, headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+  it('charges the output a client received when it hangs up before the final usage event', async () => {
+    const key = (await b.createKey(['llm'])).key;
+    const controller = new AbortController();
+    const response = await post(key, { ...MESSAGE, max_tokens: 2000, stream: true, messages: [{ role: 'user', content: 'word '.repeat(300) }] }, controller.signal);
+    const reader = response.body!.getReader();
+    let text = '';
+    while ((text.match(/content_block_delta/g) ?? []).length < 150) text += new TextDecoder().decode((await reader.read()).value);
+    controller.abort();
+    await sleep(200);
+    const row = (await rows(b)).at(-1);
+    expect(row?.error_type).toBe('client_disconnected');
+    // The stream's message_start said output_tokens: 1; what was received counts instead.
+    expect(row?.output_tokens).toBeGreaterThan(40);
+  });
+
+  it('does not leave a reservation behind when the client leaves before upstream answers', async () => {
+    const created = await b.runtime.keyService.createKey(OPERATOR, { name: 'tight', scopes: ['llm'], limits: { tokensPerMinute: 300 } });
+    if (!created.ok) throw new Error(created.message);
+    upstream.fault = { kind: 'delay-headers', ms: 400 };
+    const controller = new AbortController();
+    const leaving = post(created.value.key, { ...MESSAGE, max_tokens: 200 }, controller.signal).catch(() => undefined);
+    await sleep(100);
+    controller.abort();
+    await leaving;
+    await sleep(500);
+    upstream.fault = undefined;
+    expect((await rows(b)).at(-1)).toMatchObject({ status: 499, error_type: 'client_disconnected' });
+    // The 200-token reservation was settled (to the input estimate), so another call fits.
+    expect((await post(created.value.key, { ...MESSAGE, max_tokens: 200 })).status).toBe(200);
+  });
+});
+
+describe('SseFramer', () => {
+  it('passes whole events at once and holds an incomplete tail until the rest arrives', () => {
+    const framer = new SseFramer();
+    const text = (b: Uint8Array) => Buffer.from(b).toString();
+    expect(text(framer.push(Buffer.from('event: a\ndata: 1\n\nevent: b\nda')))).toBe('event: a\ndata: 1\n\n');
+    expect(text(framer.push(Buffer.from('ta: 2\n')))).toBe('');
+    expect(text(framer.push(Buffer.from('\nevent: c\r\ndata: 3\r\n\r\n')))).toBe('event: b\ndata: 2\n\nevent: c\r\ndata: 3\r\n\r\n');
+    expect(text(framer.push(Buffer.from('partial')))).toBe('');
+    expect(text(framer.flush())).toBe('partial');
+  });
+});
+
+describe('request size', () => {
+  it('refuses a body over 32 MiB with 413 request_too_large, even without a Content-Length, and records it', async () => {
+    const upstream = await startAnthropicStandIn();
+    const b = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: upstream.url }, { listen: true });
+    try {
+      writeCredential(b, 'default', { type: 'api_key', api_key: fakeUpstreamKey() });
+      const key = (await b.createKey(['llm'])).key;
+      const chunk = new Uint8Array(1024 * 1024).fill(0x20);
+      let sent = 0;
+      // A streamed (chunked) upload: there is no Content-Length to check first.
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (sent++ < 40) controller.enqueue(chunk);
+          else controller.close();
+        },
+      });
+      const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'content-type': 'application/json' }, body, duplex: 'half' } as RequestInit);
+      expect(response.status).toBe(413);
+      expect(((await response.json()) as { error: { type: string } }).error.type).toBe('request_too_large');
+      expect(upstream.requests).toHaveLength(0);
+      expect((await rows(b)).at(-1)).toMatchObject({ status: 413, error_type: 'payload_too_large' });
+    } finally {
+      await b.close();
+      await upstream.close();
+    }
+  });
+});
+
+describe('allow-listed paths', () => {
+  it('forwards an allow-listed path, but not for a key under a token budget, since it is not metered', async () => {
+    const upstream = await startAnthropicStandIn();
+    const b = await startTestBulwark('pglite', { BULWARK_UPSTREAM_URL: upstream.url }, { listen: true, file: { upstream: { allowPaths: ['/v1/files*'] } } });
+    try {
+      const upstreamKey = fakeUpstreamKey();
+      upstream.apiKeys.add(upstreamKey);
+      writeCredential(b, 'default', { type: 'api_key', api_key: upstreamKey });
+      const free = (await b.createKey(['llm'])).key;
+      const budgeted = await b.runtime.keyService.createKey(OPERATOR, { name: 'b', scopes: ['llm'], limits: { tokensPerDay: 1000 } });
+      if (!budgeted.ok) throw new Error(budgeted.message);
+      const get = (key: string) => fetch(`${b.publicUrl}/v1/files`, { headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01' } });
+      const forwarded = await get(free);
+      expect(upstream.requests.at(-1)?.path).toBe('/v1/files'); // it reached upstream (which has no such route)
+      expect(forwarded.status).toBe(404);
+      const refused = await get(budgeted.value.key);
+      expect(refused.status).toBe(403);
+      expect(((await refused.json()) as { error: { message: string } }).error.message).toContain('not metered');
     } finally {
       await b.close();
       await upstream.close();

@@ -364,3 +364,19 @@ describe('WriteBehind with an item the database refuses', () => {
     expect(isDataError(Object.assign(new Error('duplicate key'), { code: '23505' }))).toBe(true);
   });
 });
+
+describe('WriteBehind recovering', () => {
+  it('puts what spilled during an outage back in as soon as writes succeed again', async () => {
+    const spoolDir = tempDir();
+    const store = fakeStore();
+    store.away = true;
+    const { q } = queue(store, { spoolDir, maxItems: 2, flushIntervalMs: 5 });
+    for (const i of range(0, 5)) q.push(i); // 0,1 queued; 2,3,4 spilled
+    expect(readFileSync(path.join(spoolDir, 'test.jsonl'), 'utf8')).toBe('2\n3\n4\n');
+    await new Promise((r) => setTimeout(r, 150)); // at least one failed attempt
+    store.away = false;
+    for (let i = 0; i < 100 && store.written.length < 5; i++) await new Promise((r) => setTimeout(r, 20));
+    expect([...store.written].sort()).toEqual([0, 1, 2, 3, 4]);
+    expect(readdirSync(spoolDir)).toEqual([]);
+  });
+});

@@ -160,14 +160,14 @@ export class RemoteOperations implements Operations {
     this.via = `server at ${adminUrl}`;
   }
 
-  async #call<T>(method: string, path: string, body?: unknown): Promise<Result<T>> {
+  async #call<T>(method: string, path: string, body?: unknown, timeoutMs = 15_000): Promise<Result<T>> {
     let response: Response;
     try {
       response = await fetch(new URL(path, this.adminUrl), {
         method,
         headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: AbortSignal.timeout(15_000),
+        signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
       throw new CliError(`Cannot reach the running server's admin API at ${this.adminUrl}: ${(err as Error).message}`, EXIT.unavailable);
@@ -228,11 +228,12 @@ export class RemoteOperations implements Operations {
     if (query.tenant) q.set('tenant', query.tenant);
     return this.#value(await this.#call<{ usage: UsageRow[] }>('GET', `/api/usage?${q}`)).usage;
   }
+  // Long jobs on a large table: wait as long as they take (up to a day), not the usual 15 s.
   purge() {
-    return this.#call<PurgeResult>('POST', '/api/purge');
+    return this.#call<PurgeResult>('POST', '/api/purge', undefined, 86_400_000);
   }
   rotateEncryption() {
-    return this.#call<RotationResult>('POST', '/api/encryption/rotate');
+    return this.#call<RotationResult>('POST', '/api/encryption/rotate', undefined, 86_400_000);
   }
   async auditTail(options: TailOptions) {
     const q = new URLSearchParams();

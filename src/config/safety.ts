@@ -139,6 +139,14 @@ export function safetyProblems(config: Config, options: SafetyOptions = {}): str
     const weakness = value === undefined ? undefined : secretWeakness(value);
     if (weakness) problems.push(`${name}: ${weakness}`);
   }
+  // Upstream credentials and tokens must not cross the network in clear text.
+  for (const [name, url] of [
+    ['BULWARK_UPSTREAM_URL', config.upstream.url],
+    ['upstream.oauthTokenUrl', config.upstream.oauthTokenUrl],
+  ] as const) {
+    const parsed = new URL(url);
+    if (parsed.protocol !== 'https:' && !isLoopbackHost(parsed.hostname)) problems.push(`${name}: must be https (it carries upstream credentials)`);
+  }
   const tlsProblem = config.database.url ? databaseTlsProblem(config.database.url) : undefined;
   if (tlsProblem) problems.push(`DATABASE_URL: ${tlsProblem}`);
   const mode = statMode(config.credentialsDir);

@@ -55,6 +55,7 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
       allowPaths: runtime.config.upstream.allowPaths,
       storeBodies: runtime.config.storage.bodies ? runtime.keyRing : undefined,
       metrics: runtime.metrics,
+      stallTimeoutMs: runtime.config.upstream.idleTimeoutMs,
     }),
   );
   return app;

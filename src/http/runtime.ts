@@ -179,10 +179,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     tokenUrl: config.upstream.oauthTokenUrl,
     clientId: config.upstream.oauthClientId,
     refreshBeforeMs: config.upstream.oauthRefreshBeforeSeconds * 1000,
-    persist: async (record, credential) => {
-      if (record.source === 'file') fileCredentials.persist(record.tenant, credential);
-      else await storedCredentials.set(record.tenant, credential);
-    },
+    persist: async (record, credential, replacedRefreshToken) =>
+      record.source === 'file'
+        ? fileCredentials.persistIfUnchanged(record.tenant, credential, replacedRefreshToken)
+        : storedCredentials.setIfUnchanged(record.tenant, credential, replacedRefreshToken),
     audit,
     logError: (message, fields) => logger.error(fields, message),
   });
@@ -204,7 +204,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     // Limits that cannot be read are not ignored: the key gets a zero-request budget.
     const keyLimits = own ? (own.success ? own.data : { requestsPerMinute: 0 }) : config.limits.keys;
     if (keyLimits) subjects.push({ kind: 'key', id: principal.keyId, limits: keyLimits });
-    const tenantLimits = config.limits.tenants[principal.tenant];
+    const tenantLimits = Object.hasOwn(config.limits.tenants, principal.tenant) ? config.limits.tenants[principal.tenant] : undefined;
     if (tenantLimits) subjects.push({ kind: 'tenant', id: principal.tenant, limits: tenantLimits });
     return subjects;
   };

@@ -127,7 +127,23 @@ export class FileCredentials {
     return [...this.#seen.values()].flatMap((s) => (s.record ? [s.record] : []));
   }
 
-  /** Rewrites a tenant's file atomically (mode 600, via rename), e.g. with a rotated OAuth token. */
+  /**
+   * Rewrites a tenant's file atomically (mode 600, via rename) with a rotated OAuth token — only
+   * if the file still holds `expectedRefreshToken`, so an operator's new file is never replaced.
+   */
+  persistIfUnchanged(tenant: string, credential: UpstreamCredential, expectedRefreshToken: string): boolean {
+    const file = path.join(this.#o.dir, `${tenant}.json`);
+    try {
+      const current = parseCredential(JSON.parse(readFileSync(file, 'utf8')));
+      if (!current.ok || current.credential.type !== 'oauth' || current.credential.refreshToken !== expectedRefreshToken) return false;
+    } catch {
+      return false;
+    }
+    this.persist(tenant, credential);
+    return true;
+  }
+
+  /** Rewrites a tenant's file atomically (mode 600, via rename). */
   persist(tenant: string, credential: UpstreamCredential): void {
     const file = path.join(this.#o.dir, `${tenant}.json`);
     writePrivateFile(file, `${JSON.stringify(credentialToJson(credential), null, 2)}\n`);
@@ -273,6 +289,24 @@ export class StoredCredentials {
       .onConflict((oc) => oc.column('tenant_id').doUpdateSet({ type: credential.type, secret, updated_at: new Date() }))
       .execute();
     this.#cache.delete(tenant);
+  }
+
+  /** Replaces a rotated OAuth credential only if the row still holds `expectedRefreshToken`. */
+  async setIfUnchanged(tenant: string, credential: UpstreamCredential, expectedRefreshToken: string): Promise<boolean> {
+    const row = await this.#db.selectFrom('upstream_credentials').select('secret').where('tenant_id', '=', tenant).executeTakeFirst();
+    if (!row) return false;
+    const current = parseCredential(JSON.parse(this.#ring.decryptText(row.secret, StoredCredentials.aad(tenant))));
+    if (!current.ok || current.credential.type !== 'oauth' || current.credential.refreshToken !== expectedRefreshToken) return false;
+    const secret = this.#ring.encrypt(JSON.stringify(credentialToJson(credential)), StoredCredentials.aad(tenant));
+    // Compare-and-swap on the ciphertext: a concurrent change makes this update nothing.
+    const result = await this.#db
+      .updateTable('upstream_credentials')
+      .set({ type: credential.type, secret, updated_at: new Date() })
+      .where('tenant_id', '=', tenant)
+      .where('secret', '=', row.secret)
+      .executeTakeFirst();
+    this.#cache.delete(tenant);
+    return Number(result.numUpdatedRows) > 0;
   }
 
   async remove(tenant: string): Promise<boolean> {

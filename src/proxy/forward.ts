@@ -100,6 +100,7 @@ export interface PassThroughOptions {
 export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Array> {
   const { body, meter, capture, sse, onEnd, abortUpstream, streamErrorEvent } = options;
   const chunks = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const framer = sse ? new SseFramer() : undefined;
   let ended = false;
   const end = (how: StreamEnd) => {
     if (ended) return;
@@ -124,12 +125,16 @@ export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Ar
           return;
         }
         if (next.done) {
+          const rest = framer?.flush();
+          if (rest && rest.byteLength > 0) controller.enqueue(new Uint8Array(rest.buffer, rest.byteOffset, rest.byteLength));
           controller.close();
           end({ kind: 'complete' });
           return;
         }
         const chunk = new Uint8Array(next.value.buffer, next.value.byteOffset, next.value.byteLength);
-        controller.enqueue(chunk);
+        // SSE goes out in whole events, so an error event can never land inside a half-sent one.
+        const ready = framer ? framer.push(chunk) : chunk;
+        if (ready.byteLength > 0) controller.enqueue(new Uint8Array(ready.buffer, ready.byteOffset, ready.byteLength));
         meter.feed(chunk);
         capture?.add(chunk);
       },
@@ -141,4 +146,36 @@ export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Ar
     },
     { highWaterMark: 0 },
   );
+}
+
+const EVENT_END = Buffer.from('\n\n');
+const CRLF_EVENT_END = Buffer.from('\n\r\n');
+
+/**
+ * Cuts an SSE byte stream at event boundaries (a blank line): whole events pass at once, an
+ * incomplete tail waits for the rest. The bytes are unchanged, only where chunks end moves.
+ */
+export class SseFramer {
+  #pending: Buffer = Buffer.alloc(0);
+
+  push(chunk: Uint8Array): Buffer {
+    const data = this.#pending.length ? Buffer.concat([this.#pending, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    // An event ends with a blank line: \n\n, or \r\n\r\n (whose last three bytes are \n\r\n).
+    const lf = data.lastIndexOf(EVENT_END);
+    const crlf = data.lastIndexOf(CRLF_EVENT_END);
+    const cut = Math.max(lf < 0 ? -1 : lf + EVENT_END.length, crlf < 0 ? -1 : crlf + CRLF_EVENT_END.length);
+    if (cut < 0) {
+      this.#pending = data;
+      return Buffer.alloc(0);
+    }
+    this.#pending = data.subarray(cut);
+    return data.subarray(0, cut);
+  }
+
+  /** What is left at the end of a stream that completed normally. */
+  flush(): Buffer {
+    const rest = this.#pending;
+    this.#pending = Buffer.alloc(0);
+    return rest;
+  }
 }

@@ -36,7 +36,8 @@ export function modelAllowed(patterns: readonly string[] | undefined, model: str
 
 export function priceFor(table: PriceTable, model: string | null): Price | undefined {
   if (!model) return undefined;
-  if (table[model]) return table[model];
+  // Own keys only: a model named "constructor" must not find Object.prototype's.
+  if (Object.hasOwn(table, model)) return table[model];
   const matches = Object.keys(table).filter((p) => p.includes('*') && globToRegExp(p).test(model));
   matches.sort((a, b) => b.length - a.length);
   return matches[0] ? table[matches[0]] : undefined;
@@ -164,8 +165,11 @@ export class BudgetLedger {
     // ...then check and reserve with no await in between, so concurrent calls cannot both pass.
     for (const check of checks) {
       const { counter, rule, amount, reset } = check;
-      if (counter.used + counter.reserved + amount > rule.limit) {
-        const retryAfterSeconds = Math.max(1, Math.ceil((reset - now) / 1000));
+      // A non-finite amount (a bug upstream of here) is refused, never let through as NaN.
+      if (!Number.isFinite(amount) || counter.used + counter.reserved + amount > rule.limit) {
+        // Only calls in flight fill it: they settle within seconds, not at the window's end.
+        const inFlightOnly = Number.isFinite(amount) && counter.used + amount <= rule.limit;
+        const retryAfterSeconds = inFlightOnly ? 2 : Math.max(1, Math.ceil((reset - now) / 1000));
         const remaining = checks.map((c) => ({ rule: c.rule, left: c.rule.limit - c.counter.used - c.counter.reserved, reset: c.reset }));
         return { ok: false, subject: check.subject, rule: rule.name, limit: rule.limit, retryAfterSeconds, headers: this.#headers(remaining, retryAfterSeconds) };
       }
@@ -180,7 +184,8 @@ export class BudgetLedger {
         settled = true;
         for (const check of checks) {
           check.counter.reserved -= check.amount;
-          check.counter.used += actual[check.rule.metric];
+          const spent = actual[check.rule.metric];
+          check.counter.used += Number.isFinite(spent) ? spent : check.amount;
         }
       },
     };

@@ -9,7 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import type { Context } from 'hono';
-import type { StreamEnd } from './forward.js';
+import { SseFramer, type StreamEnd } from './forward.js';
 
 interface NodeBindings {
   incoming?: IncomingMessage;
@@ -32,6 +32,11 @@ export function hasNodeResponse(c: Context): boolean {
 export function onClientGone(c: Context, handler: () => void): () => void {
   const outgoing = bindings(c).outgoing;
   if (outgoing) {
+    // Gone already (while the body was read, say): the 'close' event is not coming again.
+    if (outgoing.destroyed && !outgoing.writableFinished) {
+      queueMicrotask(handler);
+      return () => {};
+    }
     const listener = () => {
       if (!outgoing.writableFinished) handler();
     };
@@ -39,21 +44,53 @@ export function onClientGone(c: Context, handler: () => void): () => void {
     return () => outgoing.off('close', listener);
   }
   const signal = c.req.raw.signal;
+  if (signal.aborted) {
+    queueMicrotask(handler);
+    return () => {};
+  }
   signal.addEventListener('abort', handler, { once: true });
   return () => signal.removeEventListener('abort', handler);
 }
 
-/** The whole request body: from the socket on Node, from the web request elsewhere. */
-export async function readBody(c: Context): Promise<Uint8Array> {
+export class BodyTooLargeError extends Error {
+  constructor(readonly limit: number) {
+    super(`request body over ${limit} bytes`);
+    this.name = 'BodyTooLargeError';
+  }
+}
+
+/**
+ * The whole request body — from the socket on Node, from the web request elsewhere — refused
+ * with `BodyTooLargeError` past `maxBytes`, counted as it arrives (a chunked body has no
+ * Content-Length to check first). A client that aborts the upload makes this reject.
+ */
+export async function readBody(c: Context, maxBytes: number): Promise<Uint8Array> {
+  const declared = Number(c.req.header('content-length'));
+  if (Number.isFinite(declared) && declared > maxBytes) throw new BodyTooLargeError(maxBytes);
   const incoming = bindings(c).incoming;
-  if (!incoming || incoming.readableEnded) return new Uint8Array(await c.req.arrayBuffer());
+  if (!incoming || incoming.readableEnded) {
+    const body = new Uint8Array(await c.req.arrayBuffer());
+    if (body.byteLength > maxBytes) throw new BodyTooLargeError(maxBytes);
+    return body;
+  }
   const chunks: Buffer[] = [];
-  for await (const chunk of incoming) chunks.push(chunk as Buffer);
+  let size = 0;
+  for await (const chunk of incoming) {
+    size += (chunk as Buffer).byteLength;
+    if (size > maxBytes) {
+      incoming.resume(); // drain the rest so the answer can be read
+      throw new BodyTooLargeError(maxBytes);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  if (incoming.aborted) throw new Error('the client aborted the upload');
   const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
   return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
 }
 
 export interface NodeRelayOptions {
+  /** A client that reads nothing for this long is cut off, freeing the upstream connection. */
+  stallTimeoutMs: number;
   status: number;
   headers: Headers;
   body: Readable;
@@ -68,13 +105,28 @@ export interface NodeRelayOptions {
 /** Relays the upstream body to the client's socket and tells Hono the response is sent. */
 export function relay(c: Context, options: NodeRelayOptions): Response {
   const outgoing = bindings(c).outgoing as ServerResponse;
-  const { status, headers, body, onChunk, errorEvent, onEnd, abortUpstream } = options;
+  const { status, headers, body, onChunk, errorEvent, onEnd, abortUpstream, stallTimeoutMs } = options;
   let ended = false;
+  let stall: NodeJS.Timeout | undefined;
   const end = (how: StreamEnd) => {
     if (ended) return;
     ended = true;
+    clearTimeout(stall);
     onEnd(how);
   };
+  const clientGone = () => {
+    if (ended) return;
+    end({ kind: 'client_disconnected' });
+    abortUpstream();
+    body.destroy();
+  };
+  if (outgoing.destroyed) {
+    clientGone();
+    return RESPONSE_ALREADY_SENT;
+  }
+  // SSE responses go out whole events at a time, so an error event after an upstream failure
+  // never lands inside a half-sent event.
+  const framer = errorEvent ? new SseFramer() : undefined;
   const head: Record<string, string | string[]> = {};
   headers.forEach((value, name) => {
     head[name] = value;
@@ -84,28 +136,35 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
   outgoing.flushHeaders();
 
   body.on('data', (chunk: Buffer) => {
-    if (!outgoing.write(chunk)) body.pause();
+    const ready = framer ? framer.push(chunk) : chunk;
+    if (ready.byteLength > 0 && !outgoing.write(ready)) {
+      body.pause();
+      // Backpressure, but not forever: a reader that stalls holds an upstream connection.
+      stall = setTimeout(() => outgoing.destroy(), stallTimeoutMs);
+      stall.unref();
+    }
     onChunk(chunk);
   });
-  outgoing.on('drain', () => body.resume());
+  outgoing.on('drain', () => {
+    clearTimeout(stall);
+    body.resume();
+  });
   body.on('end', () => {
-    outgoing.end();
+    const rest = framer?.flush();
+    outgoing.end(rest && rest.byteLength > 0 ? rest : undefined);
     end({ kind: 'complete' });
   });
   body.on('error', (error: Error) => {
     if (ended) return;
     if (errorEvent && !outgoing.destroyed) {
-      outgoing.end(errorEvent(error));
+      outgoing.end(errorEvent(error)); // the partial event the framer holds is dropped
     } else {
       outgoing.destroy(error);
     }
     end({ kind: 'upstream_failed', error });
   });
   outgoing.on('close', () => {
-    if (ended || outgoing.writableFinished) return;
-    end({ kind: 'client_disconnected' });
-    abortUpstream();
-    body.destroy();
+    if (!outgoing.writableFinished) clientGone();
   });
   return RESPONSE_ALREADY_SENT;
 }

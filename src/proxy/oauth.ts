@@ -11,6 +11,9 @@ import type { CredentialRecord, UpstreamCredential } from './credentials.js';
 
 type OAuthCredential = Extract<UpstreamCredential, { type: 'oauth' }>;
 
+/** How long a refused refresh token is not offered to the token endpoint again. */
+const FAILURE_BACKOFF_MS = 30_000;
+
 export type RefreshOutcome = { ok: true; credential: UpstreamCredential } | { ok: false; reason: string };
 
 export interface OAuthRefresherOptions {
@@ -18,8 +21,11 @@ export interface OAuthRefresherOptions {
   clientId: string;
   /** Refresh when less than this remains (default 60 s). */
   refreshBeforeMs?: number;
-  /** Writes the refreshed credential back to where the record came from. */
-  persist: (record: CredentialRecord, credential: UpstreamCredential) => Promise<void>;
+  /**
+   * Writes the refreshed credential back to where the record came from, only if the source
+   * still holds `replacedRefreshToken`; returns false when it moved on (an operator replaced it).
+   */
+  persist: (record: CredentialRecord, credential: UpstreamCredential, replacedRefreshToken: string) => Promise<boolean>;
   audit: (event: AuditEventInput) => void;
   /** Tells operators now: a tenant's upstream calls fail until its credential is fixed. */
   alert?: (alert: Alert) => void;
@@ -38,11 +44,13 @@ export class OAuthRefresher {
   readonly #o: Required<Omit<OAuthRefresherOptions, 'now' | 'alert'>> & { now: () => number; alert: ((alert: Alert) => void) | undefined };
   readonly #inflight = new Map<string, Promise<RefreshOutcome>>();
   /**
-   * Refreshed credentials that could not be persisted, by tenant, with the access token they
-   * replaced: the source still holds the old (possibly rotated-away) tokens, so requests that
-   * read it are given the refreshed ones instead.
+   * Each tenant's last successful refresh: the access token it replaced and what replaced it. A
+   * request that read its record before the refresh landed still holds the old, rotated-away
+   * tokens; it is given the new ones instead of refreshing (and failing) again.
    */
-  readonly #unpersisted = new Map<string, { credential: OAuthCredential; replaces: string }>();
+  readonly #lastRefresh = new Map<string, { from: string; to: OAuthCredential }>();
+  /** A refresh that failed, by tenant: not retried with the same refresh token until `until`. */
+  readonly #failures = new Map<string, { refreshToken: string; until: number; reason: string }>();
 
   constructor(options: OAuthRefresherOptions) {
     const { refreshBeforeMs = 60_000, timeoutMs = 15_000, now = Date.now } = options;
@@ -72,16 +80,20 @@ export class OAuthRefresher {
 
   #current(record: CredentialRecord): UpstreamCredential {
     const credential = record.credential;
-    const unpersisted = this.#unpersisted.get(record.tenant);
-    if (!unpersisted) return credential;
-    if (credential.type === 'oauth' && credential.accessToken === unpersisted.replaces) return unpersisted.credential;
-    this.#unpersisted.delete(record.tenant); // the source has moved on (an operator replaced it)
+    const last = this.#lastRefresh.get(record.tenant);
+    if (last && credential.type === 'oauth' && credential.accessToken === last.from) return last.to;
     return credential;
   }
 
   #refresh(record: CredentialRecord, credential: OAuthCredential): Promise<RefreshOutcome> {
     const running = this.#inflight.get(record.tenant);
     if (running) return running;
+    // A refresh token that was just refused will be refused again: answer from memory for a
+    // while instead of hammering the token endpoint and paging operators on every request.
+    const failed = this.#failures.get(record.tenant);
+    if (failed && failed.refreshToken === credential.refreshToken && this.#o.now() < failed.until) {
+      return Promise.resolve({ ok: false, reason: failed.reason });
+    }
     const refresh = this.#doRefresh(record, credential).finally(() => this.#inflight.delete(record.tenant));
     this.#inflight.set(record.tenant, refresh);
     return refresh;
@@ -89,9 +101,12 @@ export class OAuthRefresher {
 
   async #doRefresh(record: CredentialRecord, credential: OAuthCredential): Promise<RefreshOutcome> {
     const fail = (reason: string, detail: Record<string, unknown> = {}): RefreshOutcome => {
+      const repeated = this.#failures.get(record.tenant)?.refreshToken === credential.refreshToken;
+      this.#failures.set(record.tenant, { refreshToken: credential.refreshToken, until: this.#o.now() + FAILURE_BACKOFF_MS, reason });
       this.#o.audit({ type: 'credentials.refresh_failed', outcome: 'failure', tenantId: record.tenant, details: { reason, source: record.source, ...detail } });
       this.#o.logError('OAuth refresh of an upstream credential failed', { tenant: record.tenant, reason, ...detail });
-      this.#o.alert?.({
+      // Alert on the change of state, not on every retry of the same dead token.
+      if (!repeated) this.#o.alert?.({
         type: 'credentials.refresh_failed',
         severity: 'critical',
         tenant: record.tenant,
@@ -128,15 +143,19 @@ export class OAuthRefresher {
       refreshToken: typeof body.refresh_token === 'string' && body.refresh_token ? body.refresh_token : credential.refreshToken,
       expiresAt: this.#o.now() + expiresIn * 1000,
     };
+    this.#failures.delete(record.tenant);
     try {
-      await this.#o.persist(record, refreshed);
-      this.#unpersisted.delete(record.tenant);
+      const persisted = await this.#o.persist(record, refreshed, credential.refreshToken);
+      // An operator replaced the credential meanwhile: theirs wins; ours serves this call only.
+      if (!persisted) return { ok: true, credential: refreshed };
     } catch (err) {
-      // The old refresh token may already be void: keep the new one in memory, and say so loudly.
-      this.#unpersisted.set(record.tenant, { credential: refreshed, replaces: credential.accessToken });
-      fail('persist_failed', { error: (err as Error).message.slice(0, 200) });
+      // The old refresh token is void now: keep the new one in memory, and say so loudly.
+      this.#lastRefresh.set(record.tenant, { from: credential.accessToken, to: refreshed });
+      this.#o.audit({ type: 'credentials.refresh_failed', outcome: 'failure', tenantId: record.tenant, details: { reason: 'persist_failed', source: record.source } });
+      this.#o.logError('a refreshed upstream credential could not be saved; it is kept in memory until restart', { tenant: record.tenant, error: (err as Error).message.slice(0, 200) });
       return { ok: true, credential: refreshed };
     }
+    this.#lastRefresh.set(record.tenant, { from: credential.accessToken, to: refreshed });
     this.#o.audit({ type: 'credentials.refreshed', outcome: 'success', tenantId: record.tenant, details: { source: record.source, expiresAt: new Date(refreshed.expiresAt).toISOString() } });
     return { ok: true, credential: refreshed };
   }

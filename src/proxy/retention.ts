@@ -107,10 +107,13 @@ export async function rotateEncryption(db: Kysely<Tables>, ring: KeyRing, option
     for (const row of rows) {
       const reseal = (value: string | null, column: BodyColumn) =>
         value === null || !ring.needsRotation(value) ? value : ring.encrypt(ring.decrypt(value, bodyAad(row.tenant_id, row.id, column)), bodyAad(row.tenant_id, row.id, column));
+      // Only if unchanged since read: a purge in between must not be undone.
       await db
         .updateTable('requests')
         .set({ request_body: reseal(row.request_body, 'request_body'), response_body: reseal(row.response_body, 'response_body') })
         .where('id', '=', row.id)
+        .where(sql<boolean>`request_body is not distinct from ${row.request_body}`)
+        .where(sql<boolean>`response_body is not distinct from ${row.response_body}`)
         .execute();
       bodies += 1;
     }

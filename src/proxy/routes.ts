@@ -15,9 +15,9 @@ import type { CredentialRecord, UpstreamCredential } from './credentials.js';
 import type { Principal } from '../auth/principal.js';
 import { type BudgetLedger, type Price, type PriceTable, type Reservation, type Subject, costOf, modelAllowed, priceFor, totalTokens } from './limits.js';
 import type { OAuthRefresher } from './oauth.js';
-import { hasNodeResponse, onClientGone, readBody, relay } from './node-io.js';
+import { BodyTooLargeError, hasNodeResponse, onClientGone, readBody, relay } from './node-io.js';
 import { BodyCapture, MAX_STORED_BODY_BYTES, sealBody } from './retention.js';
-import type { KeyRing } from '../store/crypto.js';
+import { DecryptError, type KeyRing } from '../store/crypto.js';
 import type { Metrics } from '../monitor/metrics.js';
 import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
@@ -43,6 +43,8 @@ export interface ProxyOptions {
   /** With a key ring: store request and response bodies, masked and encrypted. */
   storeBodies?: KeyRing | undefined;
   metrics?: Metrics | undefined;
+  /** A client that reads nothing for this long mid-response is cut off (default 5 min). */
+  stallTimeoutMs?: number;
 }
 
 /** Marks `/v1/*` so errors are written in Anthropic's shape; runs before authentication. */
@@ -59,11 +61,13 @@ interface Forward {
 }
 
 const encoder = new TextEncoder();
+/** Anthropic's own limit for a Messages request. */
+const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
 /** Reserved for output when a request names no max_tokens (upstream will refuse it anyway). */
 const DEFAULT_MAX_TOKENS = 4096;
 
 export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
-  const { ledger, subjectsFor, prices, upstream, credentials, oauth, requestLog, audit, allowPaths = [], storeBodies, metrics } = options;
+  const { ledger, subjectsFor, prices, upstream, credentials, oauth, requestLog, audit, allowPaths = [], storeBodies, metrics, stallTimeoutMs = 300_000 } = options;
   const write = requireScope(['llm', 'write'], { audit });
   const read = requireScope(['llm', 'read'], { audit });
   const allowed = (path: string) => allowPaths.some((p) => (p.endsWith('*') ? path.startsWith(p.slice(0, -1)) : path === p));
@@ -127,7 +131,20 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     };
 
     let maxTokens = DEFAULT_MAX_TOKENS;
-    if (spec.body !== 'none') body = await readBody(c);
+    // Watch for the client going away from the start: a call it abandons must not go upstream.
+    const abort = new AbortController();
+    const stopWatching = onClientGone(c, () => abort.abort());
+    if (spec.body !== 'none') {
+      try {
+        body = await readBody(c, MAX_REQUEST_BYTES);
+      } catch (err) {
+        if (err instanceof BodyTooLargeError) {
+          return fail(new ApiError('payload_too_large', `The request body is over ${MAX_REQUEST_BYTES / 1024 / 1024} MiB.`));
+        }
+        finish(499, 'client_disconnected');
+        return new Response(null, { status: 499 });
+      }
+    }
     if (spec.body === 'json' && body) {
       let parsed: unknown;
       try {
@@ -137,7 +154,8 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) fail(new ApiError('bad_request', 'The request body must be a JSON object.'));
       const fields = parsed as { model?: unknown; stream?: unknown; max_tokens?: unknown };
-      if (typeof fields.model === 'string') row.model = fields.model.slice(0, 200);
+      // Control characters (NUL above all) would make the database refuse the row.
+      if (typeof fields.model === 'string') row.model = fields.model.replace(/[\u0000-\u001f\u007f]/g, '').slice(0, 200);
       row.stream = fields.stream === true;
       if (typeof fields.max_tokens === 'number' && fields.max_tokens > 0) maxTokens = Math.floor(fields.max_tokens);
     }
@@ -150,6 +168,12 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
           fail(new ApiError('forbidden', `Model '${row.model ?? '(none)'}' is not allowed for this ${subject.kind}.`));
         }
       }
+    }
+    if (spec.body !== 'json' && c.req.path !== '/v1/models' && !c.req.path.startsWith('/v1/models/')) {
+      // An allow-listed path is forwarded unread, so its tokens and model cannot be metered:
+      // keys and tenants under a token or dollar budget or a model list may not use it.
+      const metered = subjects.find((s) => ['tokensPerMinute', 'tokensPerDay', 'tokensPerMonth', 'usdPerDay', 'usdPerMonth', 'models'].some((k) => s.limits[k as keyof typeof s.limits] !== undefined));
+      if (metered) fail(new ApiError('forbidden', `${url.pathname} is not metered, so it is closed to a ${metered.kind} with token or dollar budgets or a model list.`));
     }
     price = priceFor(prices, row.model);
     const budgeted = subjects.some((s) => s.limits.usdPerDay !== undefined || s.limits.usdPerMonth !== undefined);
@@ -180,9 +204,14 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     }
     reservation = outcome as Reservation;
 
-    const resolved = await credentials
-      .resolve(principal.tenant)
-      .catch(() => fail(new ApiError('service_unavailable', 'Bulwark cannot read the upstream credential right now; try again shortly.', { 'Retry-After': '1' })));
+    const resolved = await credentials.resolve(principal.tenant).catch((err: unknown) => {
+      if (err instanceof DecryptError) {
+        // Not an outage: the stored credential cannot be read with the configured keys.
+        audit({ type: 'credentials.invalid', outcome: 'failure', tenantId: principal.tenant, requestId: row.requestId, details: { source: 'store', reason: `cannot be decrypted (${err.reason})`, keyId: err.keyId ?? null } });
+        return fail(new ApiError('upstream_error', 'The stored upstream credential for this tenant cannot be decrypted; an operator must set it again or restore its encryption key.'));
+      }
+      return fail(new ApiError('service_unavailable', 'Bulwark cannot read the upstream credential right now; try again shortly.', { 'Retry-After': '1' }));
+    });
     if (!resolved) return fail(new ApiError('upstream_error', `Bulwark has no upstream credential for tenant '${principal.tenant}'.`));
     const record = resolved;
     const refreshFailed = () => {
@@ -193,8 +222,6 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     if (!fresh.ok) return refreshFailed();
     let credential = fresh.credential;
 
-    const abort = new AbortController();
-    const stopWatching = onClientGone(c, () => abort.abort());
     const send = async (using: UpstreamCredential) => {
       try {
         return await upstream.send({
@@ -222,7 +249,10 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       credential = again.credential;
       response = await send(credential);
     }
-    if (!response) {
+    if (!response || abort.signal.aborted) {
+      // The client left before upstream answered; upstream may have counted the input.
+      if (estimated) row.inputTokens = estimated.inputTokens;
+      response?.body.destroy();
       finish(499, 'client_disconnected');
       return new Response(null, { status: 499 });
     }
@@ -247,11 +277,13 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     isBulwarkAnswer = false;
     const streamErrorEvent = (error: unknown) => {
       const failure = classifyUpstreamError(error);
-      const event = anthropicErrorBody('api_error', failure.message, c.get('requestId'));
+      const message = failure.code === 'upstream_timeout' ? failure.message : 'The upstream connection broke off mid-stream.';
+      const event = anthropicErrorBody('api_error', message, c.get('requestId'));
       return encoder.encode(`event: error\ndata: ${JSON.stringify(event)}\n\n`);
     };
     const onEnd = (end: StreamEnd) => {
       stopWatching();
+      if (end.kind !== 'complete') meter.estimateUnfinishedOutput();
       const usage = meter.finish();
       row.model = usage.model ?? row.model;
       row.inputTokens = usage.inputTokens;
@@ -266,6 +298,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     c.set('sentStatus', status);
     if (hasNodeResponse(c)) {
       return relay(c, {
+        stallTimeoutMs,
         status,
         headers,
         body: response.body,

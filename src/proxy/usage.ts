@@ -44,6 +44,10 @@ export class UsageMeter {
   readonly #parser;
   #jsonChunks: Uint8Array[] = [];
   #jsonBytes = 0;
+  /** Size of the content deltas seen, for estimating output when the final count never came. */
+  #deltaBytes = 0;
+  #deltaEvents = 0;
+  #sawFinalUsage = false;
 
   constructor(contentType: string | undefined, startedAt: number) {
     this.#startedAt = startedAt;
@@ -53,6 +57,8 @@ export class UsageMeter {
 
   /** Feeds a chunk that has already been passed on to the client. */
   feed(chunk: Uint8Array): void {
+    // Time to first token: the first content delta of a stream, the first byte of a JSON answer.
+    if (!this.#sse) this.usage.firstTokenMs ??= Math.round(performance.now() - this.#startedAt);
     if (this.#sse) {
       this.#parser.feed(this.#decoder.decode(chunk, { stream: true }));
       return;
@@ -82,6 +88,8 @@ export class UsageMeter {
     if (type !== 'message_start' && type !== 'message_delta' && type !== 'error' && type !== 'content_block_delta') return;
     if (type === 'content_block_delta') {
       this.usage.firstTokenMs ??= Math.round(performance.now() - this.#startedAt);
+      this.#deltaBytes += event.data.length;
+      this.#deltaEvents += 1;
       return;
     }
     let data: { message?: { model?: string; usage?: RawUsage }; usage?: RawUsage; error?: { type?: string } };
@@ -95,9 +103,22 @@ export class UsageMeter {
       if (data.message?.usage) this.#applyUsage(data.message.usage);
     } else if (type === 'message_delta') {
       if (data.usage) this.#applyUsage(data.usage);
+      this.#sawFinalUsage = true;
     } else if (type === 'error') {
       this.usage.errorType = data.error?.type ?? 'api_error';
     }
+  }
+
+  /**
+   * For a stream that ended before its final usage (client gone, upstream broke off): output
+   * tokens estimated from the content deltas seen — generously, since upstream bills what it
+   * generated — so a budget cannot be dodged by hanging up just before `message_delta`.
+   */
+  estimateUnfinishedOutput(): void {
+    if (!this.#sse || this.#sawFinalUsage) return;
+    // Each delta event carries ~70 bytes of JSON around its text; ~3 bytes of text per token.
+    const estimate = Math.ceil(Math.max(0, this.#deltaBytes - 70 * this.#deltaEvents) / 3);
+    this.usage.outputTokens = Math.max(this.usage.outputTokens, estimate);
   }
 
   /** Usage fields are cumulative: a later event's value replaces an earlier one. */

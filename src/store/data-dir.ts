@@ -4,7 +4,7 @@
  * finds the server that owns the embedded database and authenticates to its admin API instead
  * of opening that database a second time (PGlite is one process's database).
  */
-import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 
 export interface ServerInfo {
@@ -27,9 +27,23 @@ export function prepareDataDir(dir: string): void {
 /** Writes a file readable by its owner only, atomically (write to a temp name, then rename). */
 export function writePrivateFile(file: string, content: string): void {
   const temp = `${file}.${process.pid}.tmp`;
-  writeFileSync(temp, content, { mode: 0o600 });
+  const fd = openSync(temp, 'w', 0o600);
+  try {
+    writeSync(fd, content);
+    // On disk before the rename: after a crash the file holds the old content or the new, whole.
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
   chmodSync(temp, 0o600);
   renameSync(temp, file);
+  try {
+    const dir = openSync(path.dirname(file), 'r');
+    fsyncSync(dir);
+    closeSync(dir);
+  } catch {
+    // some file systems cannot fsync a directory; the rename itself is still atomic
+  }
 }
 
 export function isProcessAlive(pid: number): boolean {

@@ -207,8 +207,13 @@ export class WriteBehind<T> {
         this.#items.splice(0, batch.length);
         this.#stats.written += batch.length;
         this.#consumed(batch.length);
-        if (this.#attempt > 0) this.#options.report?.({ kind: 'recovered', queue: this.#options.name, pending: this.#items.length });
+        const recovered = this.#attempt > 0;
         this.#attempt = 0;
+        if (recovered) {
+          this.#options.report?.({ kind: 'recovered', queue: this.#options.name, pending: this.#items.length });
+          // What spilled while the database was away goes back in now, not at the next start.
+          if (!this.#closed) this.replaySpool();
+        }
         this.#batchLimit = this.#options.batchSize;
       } catch (err) {
         if (this.#options.isPermanent?.(err)) {
