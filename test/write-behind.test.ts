@@ -380,3 +380,23 @@ describe('WriteBehind recovering', () => {
     expect(readdirSync(spoolDir)).toEqual([]);
   });
 });
+
+describe('WriteBehind with sized items', () => {
+  it('spills past maxBytes and writes batches of at most batchBytes (a single large item still goes alone)', async () => {
+    const spoolDir = tempDir();
+    const store = fakeStore();
+    store.away = true;
+    const sizes: Record<number, number> = { 0: 40, 1: 40, 2: 40, 3: 500 };
+    const { q } = queue(store, { spoolDir, sizeOf: (i) => sizes[i] ?? 10, maxBytes: 100, batchBytes: 100, flushIntervalMs: 10_000 });
+    expect([0, 1, 2].map((i) => q.push(i))).toEqual([true, true, false]); // 40 + 40 + 40 > 100
+    expect(readFileSync(path.join(spoolDir, 'test.jsonl'), 'utf8')).toBe('2\n');
+    store.away = false;
+    await q.flush();
+    expect(store.batches).toEqual([[0, 1]]);
+
+    const big = queue(store, { sizeOf: (i) => sizes[i] ?? 10, maxBytes: 1_000, batchBytes: 100, flushIntervalMs: 10_000 });
+    for (const i of [3, 4, 5]) big.q.push(i);
+    await big.q.flush();
+    expect(store.batches.slice(1)).toEqual([[3], [4, 5]]);
+  });
+});

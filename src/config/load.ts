@@ -41,6 +41,7 @@ export interface Config {
     readonly connectTimeoutMs: number;
     readonly firstByteTimeoutMs: number;
     readonly idleTimeoutMs: number;
+    readonly connections: number;
     readonly allowPaths: readonly string[];
     readonly oauthTokenUrl: string;
     readonly oauthClientId: string;

@@ -80,6 +80,8 @@ export const FileConfigSchema = z.strictObject({
       firstByteTimeoutMs: z.number().int().min(100).max(3_600_000).default(600_000),
       /** Between two chunks of a response body. */
       idleTimeoutMs: z.number().int().min(100).max(3_600_000).default(300_000),
+      /** Most connections to the upstream API at once, across all tenants. */
+      connections: z.number().int().min(1).max(10_000).default(256),
       /** Further /v1 paths forwarded as they are (exact, or a prefix ending in *). */
       allowPaths: z.array(z.string().regex(/^\/v1\/[A-Za-z0-9_./*-]*$/, 'must be a /v1/ path')).default([]),
       /** Where OAuth refresh tokens are exchanged (Claude's console token endpoint). */
@@ -94,6 +96,7 @@ export const FileConfigSchema = z.strictObject({
       connectTimeoutMs: 10_000,
       firstByteTimeoutMs: 600_000,
       idleTimeoutMs: 300_000,
+      connections: 256,
       allowPaths: [],
       oauthTokenUrl: DEFAULT_OAUTH_TOKEN_URL,
       oauthClientId: DEFAULT_OAUTH_CLIENT_ID,

@@ -166,6 +166,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     connectTimeoutMs: config.upstream.connectTimeoutMs,
     firstByteTimeoutMs: config.upstream.firstByteTimeoutMs,
     idleTimeoutMs: config.upstream.idleTimeoutMs,
+    connections: config.upstream.connections,
   });
   const alerter = createAlerter(
     [

@@ -51,6 +51,8 @@ export class RequestLog {
       report: options.report,
       isPermanent: isDataError,
       batchSize: 500,
+      // Rows with stored bodies can be megabytes: bound memory and each write by bytes too.
+      sizeOf: (r) => 600 + (r.requestBody?.length ?? 0) + (r.responseBody?.length ?? 0),
       ...(options.flushIntervalMs !== undefined ? { flushIntervalMs: options.flushIntervalMs } : {}),
       ...(options.maxItems !== undefined ? { maxItems: options.maxItems } : {}),
       write: (batch) => insertRows(db, batch),

@@ -16,6 +16,12 @@ export interface WriteBehindOptions<T> {
   /** Most items held in memory; past it, new items go to the spool. */
   maxItems?: number;
   batchSize?: number;
+  /** The size of an item in bytes, when items vary a lot (stored bodies); enables the byte bounds. */
+  sizeOf?: (item: T) => number;
+  /** Most bytes held in memory (with `sizeOf`); past it, new items go to the spool. Default 256 MiB. */
+  maxBytes?: number;
+  /** Most bytes in one write (with `sizeOf`), well under the database's message limit. Default 16 MiB. */
+  batchBytes?: number;
   flushIntervalMs?: number;
   /** Where overflow and unwritten items are kept (`<dir>/<name>.jsonl`); without it they are only reported. */
   spoolDir?: string | undefined;
@@ -51,8 +57,9 @@ export interface WriteBehindStats {
 }
 
 export class WriteBehind<T> {
-  readonly #options: Required<Omit<WriteBehindOptions<T>, 'spoolDir' | 'report' | 'isPermanent'>> &
-    Pick<WriteBehindOptions<T>, 'spoolDir' | 'report' | 'isPermanent'>;
+  readonly #options: Required<Omit<WriteBehindOptions<T>, 'spoolDir' | 'report' | 'isPermanent' | 'sizeOf'>> &
+    Pick<WriteBehindOptions<T>, 'spoolDir' | 'report' | 'isPermanent' | 'sizeOf'>;
+  #bytes = 0;
   /** The batch size in force: halved while isolating an item the database refuses. */
   #batchLimit: number;
   /** Spool files this process is replaying, and how many of their items are not yet written. */
@@ -66,10 +73,10 @@ export class WriteBehind<T> {
   #stats: WriteBehindStats = { pending: 0, written: 0, spooled: 0, failedAttempts: 0 };
 
   constructor(options: WriteBehindOptions<T>) {
-    const { maxItems = 10_000, batchSize = 200, flushIntervalMs = 250 } = options;
+    const { maxItems = 10_000, batchSize = 200, flushIntervalMs = 250, maxBytes = 256 * 1024 * 1024, batchBytes = 16 * 1024 * 1024 } = options;
     if (!Number.isInteger(maxItems) || maxItems < 1) throw new Error(`WriteBehind ${options.name}: maxItems must be a positive integer`);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`WriteBehind ${options.name}: batchSize must be a positive integer`);
-    this.#options = { ...options, maxItems, batchSize, flushIntervalMs };
+    this.#options = { ...options, maxItems, batchSize, flushIntervalMs, maxBytes, batchBytes };
     this.#batchLimit = batchSize;
   }
 
@@ -79,11 +86,13 @@ export class WriteBehind<T> {
 
   /** Queues an item; never blocks and never throws. Returns false when it had to be spooled. */
   push(item: T): boolean {
-    if (this.#closed || this.#items.length >= this.#options.maxItems) {
+    const size = this.#options.sizeOf?.(item) ?? 0;
+    if (this.#closed || this.#items.length >= this.#options.maxItems || (size > 0 && this.#bytes + size > this.#options.maxBytes)) {
       this.#spool([item], this.#closed ? 'queue closed' : 'queue full');
       return false;
     }
     this.#items.push(item);
+    this.#bytes += size;
     // A full batch is written at once, except while retrying: new items must not cut the backoff short.
     const batchReady = this.#items.length >= this.#options.batchSize && this.#attempt === 0;
     this.#schedule(batchReady ? 0 : this.#options.flushIntervalMs);
@@ -118,6 +127,7 @@ export class WriteBehind<T> {
       }
     }
     const left = this.#items.splice(0);
+    this.#bytes = 0;
     if (left.length) this.#spool(left, 'shutdown deadline passed while the database was away');
     this.#consumed(this.#claimedPending); // anything replayed and unwritten is in the new spool now
     return left.length;
@@ -128,6 +138,7 @@ export class WriteBehind<T> {
     this.#closed = true;
     clearTimeout(this.#timer);
     const left = this.#items.splice(0);
+    this.#bytes = 0;
     if (left.length) this.#spool(left, 'process exiting without draining');
     this.#consumed(this.#claimedPending);
     return left.length;
@@ -166,6 +177,7 @@ export class WriteBehind<T> {
       }
     }
     this.#items.unshift(...replayed);
+    if (this.#options.sizeOf) for (const item of replayed) this.#bytes += this.#options.sizeOf(item);
     this.#claimedPending += replayed.length;
     this.#releaseClaimsIfDone();
     if (replayed.length) {
@@ -199,12 +211,12 @@ export class WriteBehind<T> {
 
   async #runOnce(): Promise<void> {
     if (this.#running || this.#items.length === 0) return;
-    const batch = this.#items.slice(0, this.#batchLimit);
+    const batch = this.#takeBatch();
     let refused = false;
     this.#running = (async () => {
       try {
         await this.#options.write(batch);
-        this.#items.splice(0, batch.length);
+        this.#removeFront(batch.length);
         this.#stats.written += batch.length;
         this.#consumed(batch.length);
         const recovered = this.#attempt > 0;
@@ -221,7 +233,7 @@ export class WriteBehind<T> {
           if (batch.length > 1) {
             this.#batchLimit = Math.ceil(batch.length / 2);
           } else {
-            this.#items.splice(0, 1);
+            this.#removeFront(1);
             this.#reject(batch, err);
             this.#consumed(1);
             this.#batchLimit = this.#options.batchSize;
@@ -251,6 +263,26 @@ export class WriteBehind<T> {
       if (!this.#closed) this.#schedule(Math.min(5_000, 100 * 2 ** Math.min(this.#attempt, 6)));
       throw err;
     }
+  }
+
+  /** The next batch: at most the batch limit in items and, with sizes, in bytes (never empty). */
+  #takeBatch(): T[] {
+    const count = Math.min(this.#batchLimit, this.#items.length);
+    if (!this.#options.sizeOf) return this.#items.slice(0, count);
+    let bytes = 0;
+    let n = 0;
+    while (n < count) {
+      const size = this.#options.sizeOf(this.#items[n] as T);
+      if (n > 0 && bytes + size > this.#options.batchBytes) break;
+      bytes += size;
+      n += 1;
+    }
+    return this.#items.slice(0, n);
+  }
+
+  #removeFront(count: number): void {
+    const removed = this.#items.splice(0, count);
+    if (this.#options.sizeOf) for (const item of removed) this.#bytes -= this.#options.sizeOf(item);
   }
 
   #spoolFile(): string | undefined {
