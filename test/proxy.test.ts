@@ -395,8 +395,8 @@ describe('OAuth upstream credentials', () => {
     expect(upstream.tokenRequests - before).toBe(1);
   });
 
-  it('answers 502 api_error (never 401) when the refresh fails, and audits and alerts it', async () => {
-    oauthFile(10);
+  it('answers 502 api_error (never 401) when the refresh of an expired token fails, and audits and alerts it', async () => {
+    oauthFile(-5);
     upstream.fault = { kind: 'refuse-oauth' };
     const sdk = new Anthropic({ apiKey: key, baseURL: b.publicUrl, maxRetries: 0 });
     const error = await sdk.messages.create(MESSAGE).catch((e: unknown) => e);
@@ -430,11 +430,20 @@ describe('OAuth upstream credentials', () => {
     expect(upstream.tokenRequests).toBe(before);
   });
 
+  it('keeps using a still-valid access token when the token endpoint fails for a moment', async () => {
+    const { access } = oauthFile(30); // inside the refresh window, but not expired
+    upstream.fault = { kind: 'refuse-oauth' };
+    const sdk = new Anthropic({ apiKey: key, baseURL: b.publicUrl, maxRetries: 0 });
+    await sdk.messages.create(MESSAGE); // the refresh is refused; the current token still works
+    expect(upstream.requests.at(-1)?.headers.authorization).toBe(`Bearer ${access}`);
+    upstream.fault = undefined;
+  });
+
   it("never overwrites a credential file an operator replaced while a refresh was under way", async () => {
     const { file } = oauthFile(3600);
     const operators = { type: 'oauth', access_token: token('oat'), refresh_token: token('ort'), expires_at: Math.floor(Date.now() / 1000) + 7200 };
     writeFileSync(file, JSON.stringify(operators));
-    const written = b.runtime.fileCredentials.persistIfUnchanged('default', { type: 'oauth', accessToken: 'x', refreshToken: 'y', expiresAt: Date.now() }, 'the-old-refresh-token');
+    const written = b.runtime.fileCredentials.persistIfUnchanged('default', { type: 'oauth', accessToken: 'x', refreshToken: 'y', expiresAt: Date.now() }, ['the-old-refresh-token']);
     expect(written).toBe(false);
     expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual(operators);
   });
@@ -805,5 +814,35 @@ describe('allow-listed paths', () => {
       await b.close();
       await upstream.close();
     }
+  });
+});
+
+describe('pass-through details', () => {
+  it('stops framing and passes bytes on once one event grows past 1 MiB', () => {
+    const framer = new SseFramer();
+    expect(framer.push(Buffer.from('data: ')).byteLength).toBe(0);
+    const big = framer.push(Buffer.alloc(1024 * 1024 + 1, 0x61));
+    expect(big.byteLength).toBe(1024 * 1024 + 7);
+    expect(Buffer.from(framer.push(Buffer.from('tail'))).toString()).toBe('tail');
+  });
+
+  it('delivers a web stream whose chunks end mid-event, in whole events, and completes', async () => {
+    const { Readable } = await import('node:stream');
+    const { UsageMeter } = await import('../src/proxy/usage.js');
+    const { passThrough } = await import('../src/proxy/forward.js');
+    const ends: string[] = [];
+    const stream = passThrough({
+      body: Readable.from([Buffer.from('event: a\ndata: {"x":'), Buffer.from('1}\n\nevent: b\ndat'), Buffer.from('a: 2\n\n')]),
+      meter: new UsageMeter('text/event-stream', performance.now()),
+      sse: true,
+      onEnd: (end) => ends.push(end.kind),
+      abortUpstream: () => {},
+      streamErrorEvent: () => new Uint8Array(),
+    });
+    const parts: string[] = [];
+    const reader = stream.getReader();
+    for (let r = await reader.read(); !r.done; r = await reader.read()) parts.push(Buffer.from(r.value).toString());
+    expect(parts).toEqual(['event: a\ndata: {"x":1}\n\n', 'event: b\ndata: 2\n\n']);
+    expect(ends).toEqual(['complete']);
   });
 });

@@ -180,10 +180,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     tokenUrl: config.upstream.oauthTokenUrl,
     clientId: config.upstream.oauthClientId,
     refreshBeforeMs: config.upstream.oauthRefreshBeforeSeconds * 1000,
-    persist: async (record, credential, replacedRefreshToken) =>
+    persist: async (record, credential, expectedRefreshTokens) =>
       record.source === 'file'
-        ? fileCredentials.persistIfUnchanged(record.tenant, credential, replacedRefreshToken)
-        : storedCredentials.setIfUnchanged(record.tenant, credential, replacedRefreshToken),
+        ? fileCredentials.persistIfUnchanged(record.tenant, credential, expectedRefreshTokens)
+        : storedCredentials.setIfUnchanged(record.tenant, credential, expectedRefreshTokens),
     audit,
     logError: (message, fields) => logger.error(fields, message),
   });

@@ -131,11 +131,11 @@ export class FileCredentials {
    * Rewrites a tenant's file atomically (mode 600, via rename) with a rotated OAuth token — only
    * if the file still holds `expectedRefreshToken`, so an operator's new file is never replaced.
    */
-  persistIfUnchanged(tenant: string, credential: UpstreamCredential, expectedRefreshToken: string): boolean {
+  persistIfUnchanged(tenant: string, credential: UpstreamCredential, expectedRefreshTokens: readonly string[]): boolean {
     const file = path.join(this.#o.dir, `${tenant}.json`);
     try {
       const current = parseCredential(JSON.parse(readFileSync(file, 'utf8')));
-      if (!current.ok || current.credential.type !== 'oauth' || current.credential.refreshToken !== expectedRefreshToken) return false;
+      if (!current.ok || current.credential.type !== 'oauth' || !expectedRefreshTokens.includes(current.credential.refreshToken)) return false;
     } catch {
       return false;
     }
@@ -291,22 +291,26 @@ export class StoredCredentials {
     this.#cache.delete(tenant);
   }
 
-  /** Replaces a rotated OAuth credential only if the row still holds `expectedRefreshToken`. */
-  async setIfUnchanged(tenant: string, credential: UpstreamCredential, expectedRefreshToken: string): Promise<boolean> {
-    const row = await this.#db.selectFrom('upstream_credentials').select('secret').where('tenant_id', '=', tenant).executeTakeFirst();
-    if (!row) return false;
-    const current = parseCredential(JSON.parse(this.#ring.decryptText(row.secret, StoredCredentials.aad(tenant))));
-    if (!current.ok || current.credential.type !== 'oauth' || current.credential.refreshToken !== expectedRefreshToken) return false;
-    const secret = this.#ring.encrypt(JSON.stringify(credentialToJson(credential)), StoredCredentials.aad(tenant));
-    // Compare-and-swap on the ciphertext: a concurrent change makes this update nothing.
-    const result = await this.#db
-      .updateTable('upstream_credentials')
-      .set({ type: credential.type, secret, updated_at: new Date() })
-      .where('tenant_id', '=', tenant)
-      .where('secret', '=', row.secret)
-      .executeTakeFirst();
-    this.#cache.delete(tenant);
-    return Number(result.numUpdatedRows) > 0;
+  /** Replaces a rotated OAuth credential only if the row still holds one of `expectedRefreshTokens`. */
+  async setIfUnchanged(tenant: string, credential: UpstreamCredential, expectedRefreshTokens: readonly string[]): Promise<boolean> {
+    // Compare-and-swap on the ciphertext; a re-encryption (same tokens, new ciphertext) racing
+    // us is not a real change, so read again and retry a few times before giving up.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const row = await this.#db.selectFrom('upstream_credentials').select('secret').where('tenant_id', '=', tenant).executeTakeFirst();
+      if (!row) return false;
+      const current = parseCredential(JSON.parse(this.#ring.decryptText(row.secret, StoredCredentials.aad(tenant))));
+      if (!current.ok || current.credential.type !== 'oauth' || !expectedRefreshTokens.includes(current.credential.refreshToken)) return false;
+      const secret = this.#ring.encrypt(JSON.stringify(credentialToJson(credential)), StoredCredentials.aad(tenant));
+      const result = await this.#db
+        .updateTable('upstream_credentials')
+        .set({ type: credential.type, secret, updated_at: new Date() })
+        .where('tenant_id', '=', tenant)
+        .where('secret', '=', row.secret)
+        .executeTakeFirst();
+      this.#cache.delete(tenant);
+      if (Number(result.numUpdatedRows) > 0) return true;
+    }
+    return false;
   }
 
   async remove(tenant: string): Promise<boolean> {

@@ -47,11 +47,16 @@ export function mergeBetas(clientValue: string | undefined, ...extra: string[]):
   return [...new Set(all)].join(',');
 }
 
-export function upstreamHeaders(incoming: Headers, credential: UpstreamCredential): Record<string, string> {
+/** A request's headers as name/value pairs, names lower-cased; repeats allowed. */
+export type HeaderPairs = Iterable<readonly [string, string]>;
+
+export function upstreamHeaders(incoming: HeaderPairs, credential: UpstreamCredential): Record<string, string> {
   const headers: Record<string, string> = {};
-  incoming.forEach((value, name) => {
-    if (!DROPPED_REQUEST_HEADERS.has(name) && !name.startsWith('proxy-')) headers[name] = value;
-  });
+  for (const [name, value] of incoming) {
+    if (DROPPED_REQUEST_HEADERS.has(name) || name.startsWith('proxy-')) continue;
+    // A repeated header is one comma-separated list (RFC 9110 §5.3), as web Headers joins it.
+    headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
+  }
   // Usage is read from the body, so it must arrive uncompressed.
   headers['accept-encoding'] = 'identity';
   if (credential.type === 'api_key') {
@@ -63,14 +68,23 @@ export function upstreamHeaders(incoming: Headers, credential: UpstreamCredentia
   return headers;
 }
 
-export function clientHeaders(upstream: Record<string, string | string[] | undefined>): Headers {
-  const headers = new Headers();
+/** The upstream response headers the client gets, as a plain object (names lower-case). */
+export function clientHeaders(upstream: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(upstream)) {
-    if (value === undefined || DROPPED_RESPONSE_HEADERS.has(name)) continue;
-    if (Array.isArray(value)) for (const v of value) headers.append(name, v);
-    else headers.set(name, value);
+    if (value !== undefined && !DROPPED_RESPONSE_HEADERS.has(name)) headers[name] = value;
   }
   return headers;
+}
+
+/** The same headers for a web Response. */
+export function toWebHeaders(headers: Record<string, string | string[]>): Headers {
+  const web = new Headers();
+  for (const [name, value] of Object.entries(headers)) {
+    if (Array.isArray(value)) for (const v of value) web.append(name, v);
+    else web.set(name, value);
+  }
+  return web;
 }
 
 export type StreamEnd =
@@ -110,33 +124,39 @@ export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Ar
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
-        let next: IteratorResult<Buffer>;
-        try {
-          next = await chunks.next();
-        } catch (error) {
-          if (ended) return;
-          if (sse) {
-            controller.enqueue(streamErrorEvent(error));
-            controller.close();
-          } else {
-            controller.error(error);
+        // Loop until something is enqueued: a chunk that ends mid-event yields nothing yet, and
+        // a pull that enqueues nothing is not called again.
+        for (;;) {
+          let next: IteratorResult<Buffer>;
+          try {
+            next = await chunks.next();
+          } catch (error) {
+            if (ended) return;
+            if (sse) {
+              controller.enqueue(streamErrorEvent(error));
+              controller.close();
+            } else {
+              controller.error(error);
+            }
+            end({ kind: 'upstream_failed', error });
+            return;
           }
-          end({ kind: 'upstream_failed', error });
-          return;
+          if (next.done) {
+            const rest = framer?.flush();
+            if (rest && rest.byteLength > 0) controller.enqueue(new Uint8Array(rest.buffer, rest.byteOffset, rest.byteLength));
+            controller.close();
+            end({ kind: 'complete' });
+            return;
+          }
+          const chunk = new Uint8Array(next.value.buffer, next.value.byteOffset, next.value.byteLength);
+          // SSE goes out in whole events, so an error event can never land inside a half-sent one.
+          const ready = framer ? framer.push(chunk) : chunk;
+          meter.feed(chunk);
+          if (ready.byteLength > 0) {
+            controller.enqueue(new Uint8Array(ready.buffer, ready.byteOffset, ready.byteLength));
+            return;
+          }
         }
-        if (next.done) {
-          const rest = framer?.flush();
-          if (rest && rest.byteLength > 0) controller.enqueue(new Uint8Array(rest.buffer, rest.byteOffset, rest.byteLength));
-          controller.close();
-          end({ kind: 'complete' });
-          return;
-        }
-        const chunk = new Uint8Array(next.value.buffer, next.value.byteOffset, next.value.byteLength);
-        // SSE goes out in whole events, so an error event can never land inside a half-sent one.
-        const ready = framer ? framer.push(chunk) : chunk;
-        if (ready.byteLength > 0) controller.enqueue(new Uint8Array(ready.buffer, ready.byteOffset, ready.byteLength));
-        meter.feed(chunk);
-        capture?.add(chunk);
       },
       cancel() {
         end({ kind: 'client_disconnected' });
@@ -148,6 +168,16 @@ export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Ar
   );
 }
 
+/** Most bytes of one unfinished event held back; beyond it the stream is passed on unframed. */
+const MAX_HELD_EVENT_BYTES = 1024 * 1024;
+
+/** The last index of `needle` in `haystack` at or after `from`, or -1; scans only from `from` on. */
+function lastIndexFrom(haystack: Buffer, needle: Buffer, from: number): number {
+  let last = -1;
+  for (let i = haystack.indexOf(needle, from); i >= 0; i = haystack.indexOf(needle, i + 1)) last = i;
+  return last;
+}
+
 const EVENT_END = Buffer.from('\n\n');
 const CRLF_EVENT_END = Buffer.from('\n\r\n');
 
@@ -157,14 +187,26 @@ const CRLF_EVENT_END = Buffer.from('\n\r\n');
  */
 export class SseFramer {
   #pending: Buffer = Buffer.alloc(0);
+  /** Set once an event grows past the cap: from then on bytes pass straight through. */
+  #passThrough = false;
 
   push(chunk: Uint8Array): Buffer {
-    const data = this.#pending.length ? Buffer.concat([this.#pending, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    const incoming = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (this.#passThrough) return incoming;
+    const data = this.#pending.length ? Buffer.concat([this.#pending, incoming]) : incoming;
     // An event ends with a blank line: \n\n, or \r\n\r\n (whose last three bytes are \n\r\n).
-    const lf = data.lastIndexOf(EVENT_END);
-    const crlf = data.lastIndexOf(CRLF_EVENT_END);
+    // Only the new bytes (and the last 2 held before them) can hold a new boundary.
+    const from = Math.max(0, this.#pending.length - 2);
+    const lf = lastIndexFrom(data, EVENT_END, from);
+    const crlf = lastIndexFrom(data, CRLF_EVENT_END, from);
     const cut = Math.max(lf < 0 ? -1 : lf + EVENT_END.length, crlf < 0 ? -1 : crlf + CRLF_EVENT_END.length);
     if (cut < 0) {
+      if (data.length > MAX_HELD_EVENT_BYTES) {
+        // No blank line in sight (or bare-CR line ends): stop framing rather than hold it all.
+        this.#passThrough = true;
+        this.#pending = Buffer.alloc(0);
+        return data;
+      }
       this.#pending = data;
       return Buffer.alloc(0);
     }

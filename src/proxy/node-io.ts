@@ -24,6 +24,16 @@ export function hasNodeResponse(c: Context): boolean {
   return Boolean(bindings(c).outgoing);
 }
 
+/** The request's headers as lower-cased pairs, read from the socket on Node (no web Headers built). */
+export function requestHeaderPairs(c: Context): Array<readonly [string, string]> {
+  const incoming = bindings(c).incoming;
+  if (!incoming) return [...c.req.raw.headers];
+  const raw = incoming.rawHeaders;
+  const pairs: Array<readonly [string, string]> = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) pairs.push([(raw[i] as string).toLowerCase(), raw[i + 1] as string]);
+  return pairs;
+}
+
 /**
  * Calls `handler` if the client goes away before the response is complete; returns the
  * unsubscribe. On Node this watches the socket, since touching the web request's `signal`
@@ -92,7 +102,7 @@ export interface NodeRelayOptions {
   /** A client that reads nothing for this long is cut off, freeing the upstream connection. */
   stallTimeoutMs: number;
   status: number;
-  headers: Headers;
+  headers: Record<string, string | string[]>;
   body: Readable;
   /** Called with each chunk after it was handed to the socket. */
   onChunk: (chunk: Uint8Array) => void;
@@ -127,11 +137,7 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
   // SSE responses go out whole events at a time, so an error event after an upstream failure
   // never lands inside a half-sent event.
   const framer = errorEvent ? new SseFramer() : undefined;
-  const head: Record<string, string | string[]> = {};
-  headers.forEach((value, name) => {
-    head[name] = value;
-  });
-  outgoing.writeHead(status, head);
+  outgoing.writeHead(status, headers);
   // Headers go out at once: an SSE client starts reading before the first event.
   outgoing.flushHeaders();
 

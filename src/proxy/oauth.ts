@@ -13,6 +13,8 @@ type OAuthCredential = Extract<UpstreamCredential, { type: 'oauth' }>;
 
 /** How long a refused refresh token is not offered to the token endpoint again. */
 const FAILURE_BACKOFF_MS = 30_000;
+/** After an unreachable or failing token endpoint: a short pause, then try again. */
+const TRANSIENT_BACKOFF_MS = 2_000;
 
 export type RefreshOutcome = { ok: true; credential: UpstreamCredential } | { ok: false; reason: string };
 
@@ -23,9 +25,10 @@ export interface OAuthRefresherOptions {
   refreshBeforeMs?: number;
   /**
    * Writes the refreshed credential back to where the record came from, only if the source
-   * still holds `replacedRefreshToken`; returns false when it moved on (an operator replaced it).
+   * still holds one of `expectedRefreshTokens` (what this process last saw there); returns
+   * false when it moved on (an operator replaced it).
    */
-  persist: (record: CredentialRecord, credential: UpstreamCredential, replacedRefreshToken: string) => Promise<boolean>;
+  persist: (record: CredentialRecord, credential: UpstreamCredential, expectedRefreshTokens: readonly string[]) => Promise<boolean>;
   audit: (event: AuditEventInput) => void;
   /** Tells operators now: a tenant's upstream calls fail until its credential is fixed. */
   alert?: (alert: Alert) => void;
@@ -78,6 +81,11 @@ export class OAuthRefresher {
     return this.#refresh(record, credential);
   }
 
+  /** The credential itself, as a success, while its access token has not expired yet. */
+  #stillValid(credential: OAuthCredential): RefreshOutcome | undefined {
+    return credential.expiresAt > this.#o.now() + 5_000 ? { ok: true, credential } : undefined;
+  }
+
   #current(record: CredentialRecord): UpstreamCredential {
     const credential = record.credential;
     const last = this.#lastRefresh.get(record.tenant);
@@ -92,7 +100,7 @@ export class OAuthRefresher {
     // while instead of hammering the token endpoint and paging operators on every request.
     const failed = this.#failures.get(record.tenant);
     if (failed && failed.refreshToken === credential.refreshToken && this.#o.now() < failed.until) {
-      return Promise.resolve({ ok: false, reason: failed.reason });
+      return Promise.resolve(this.#stillValid(credential) ?? { ok: false, reason: failed.reason });
     }
     const refresh = this.#doRefresh(record, credential).finally(() => this.#inflight.delete(record.tenant));
     this.#inflight.set(record.tenant, refresh);
@@ -102,7 +110,9 @@ export class OAuthRefresher {
   async #doRefresh(record: CredentialRecord, credential: OAuthCredential): Promise<RefreshOutcome> {
     const fail = (reason: string, detail: Record<string, unknown> = {}): RefreshOutcome => {
       const repeated = this.#failures.get(record.tenant)?.refreshToken === credential.refreshToken;
-      this.#failures.set(record.tenant, { refreshToken: credential.refreshToken, until: this.#o.now() + FAILURE_BACKOFF_MS, reason });
+      // Only a refusal is certain to repeat; an unreachable or failing endpoint is tried again soon.
+      const backoff = reason === 'refresh_refused' ? FAILURE_BACKOFF_MS : TRANSIENT_BACKOFF_MS;
+      this.#failures.set(record.tenant, { refreshToken: credential.refreshToken, until: this.#o.now() + backoff, reason });
       this.#o.audit({ type: 'credentials.refresh_failed', outcome: 'failure', tenantId: record.tenant, details: { reason, source: record.source, ...detail } });
       this.#o.logError('OAuth refresh of an upstream credential failed', { tenant: record.tenant, reason, ...detail });
       // Alert on the change of state, not on every retry of the same dead token.
@@ -113,7 +123,8 @@ export class OAuthRefresher {
         message: `the upstream OAuth credential could not be refreshed (${reason}); the tenant's calls fail with 502 until it is replaced`,
         details: { reason, source: record.source, ...detail },
       });
-      return { ok: false, reason };
+      // A token that still works is used while the refresh cannot be made.
+      return this.#stillValid(credential) ?? { ok: false, reason };
     };
     let response: Response;
     try {
@@ -133,7 +144,8 @@ export class OAuthRefresher {
       return fail('token_endpoint_bad_response', { status: response.status });
     }
     if (!response.ok || typeof body.access_token !== 'string' || !body.access_token) {
-      return fail('refresh_refused', { status: response.status, error: typeof body.error === 'string' ? body.error.slice(0, 64) : null });
+      const reason = response.status >= 500 ? 'token_endpoint_failed' : 'refresh_refused';
+      return fail(reason, { status: response.status, error: typeof body.error === 'string' ? body.error.slice(0, 64) : null });
     }
     const expiresIn = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 3600;
     const refreshed: OAuthCredential = {
@@ -144,10 +156,17 @@ export class OAuthRefresher {
       expiresAt: this.#o.now() + expiresIn * 1000,
     };
     this.#failures.delete(record.tenant);
+    // The source may still hold the token this process refreshed from, or (after a save that
+    // failed) the one before it: either is ours to replace.
+    const expected = [...new Set([credential.refreshToken, record.credential.type === 'oauth' ? record.credential.refreshToken : ''])].filter(Boolean);
     try {
-      const persisted = await this.#o.persist(record, refreshed, credential.refreshToken);
-      // An operator replaced the credential meanwhile: theirs wins; ours serves this call only.
-      if (!persisted) return { ok: true, credential: refreshed };
+      const persisted = await this.#o.persist(record, refreshed, expected);
+      if (!persisted) {
+        // An operator replaced the credential meanwhile: theirs wins for new reads; requests
+        // still holding the old record use ours rather than refreshing a rotated-away token.
+        this.#lastRefresh.set(record.tenant, { from: credential.accessToken, to: refreshed });
+        return { ok: true, credential: refreshed };
+      }
     } catch (err) {
       // The old refresh token is void now: keep the new one in memory, and say so loudly.
       this.#lastRefresh.set(record.tenant, { from: credential.accessToken, to: refreshed });

@@ -15,11 +15,11 @@ import type { CredentialRecord, UpstreamCredential } from './credentials.js';
 import type { Principal } from '../auth/principal.js';
 import { type BudgetLedger, type Price, type PriceTable, type Reservation, type Subject, costOf, modelAllowed, priceFor, totalTokens } from './limits.js';
 import type { OAuthRefresher } from './oauth.js';
-import { BodyTooLargeError, hasNodeResponse, onClientGone, readBody, relay } from './node-io.js';
+import { BodyTooLargeError, hasNodeResponse, onClientGone, readBody, relay, requestHeaderPairs } from './node-io.js';
 import { BodyCapture, MAX_STORED_BODY_BYTES, sealBody } from './retention.js';
 import { DecryptError, type KeyRing } from '../store/crypto.js';
 import type { Metrics } from '../monitor/metrics.js';
-import { type StreamEnd, clientHeaders, passThrough, upstreamHeaders } from './forward.js';
+import { type StreamEnd, clientHeaders, passThrough, toWebHeaders, upstreamHeaders } from './forward.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
 import { type Upstream, classifyUpstreamError } from './upstream.js';
 import { UsageMeter } from './usage.js';
@@ -222,12 +222,15 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     if (!fresh.ok) return refreshFailed();
     let credential = fresh.credential;
 
+    const incomingHeaders = requestHeaderPairs(c);
+    let dispatched = false;
     const send = async (using: UpstreamCredential) => {
+      if (!abort.signal.aborted) dispatched = true;
       try {
         return await upstream.send({
           method: c.req.method,
           path: `${url.pathname}${url.search}`,
-          headers: upstreamHeaders(c.req.raw.headers, using),
+          headers: upstreamHeaders(incomingHeaders, using),
           body,
           signal: abort.signal,
         });
@@ -250,8 +253,9 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       response = await send(credential);
     }
     if (!response || abort.signal.aborted) {
-      // The client left before upstream answered; upstream may have counted the input.
-      if (estimated) row.inputTokens = estimated.inputTokens;
+      // The client left before upstream answered. If the call went out, upstream may have
+      // counted its input; if it never left, nothing is charged.
+      if (estimated && dispatched) row.inputTokens = estimated.inputTokens;
       response?.body.destroy();
       finish(499, 'client_disconnected');
       return new Response(null, { status: 499 });
@@ -267,10 +271,11 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     }
 
     const headers = clientHeaders(response.headers);
-    headers.set('x-request-id', c.get('requestId'));
+    headers['x-request-id'] = c.get('requestId');
     // Where Bulwark enforces limits, its remaining/reset figures are the ones to pace by.
-    for (const [name, value] of Object.entries(reservation.headers)) headers.set(name, value);
+    for (const [name, value] of Object.entries(reservation.headers)) headers[name] = value;
     const contentType = headerValue(response.headers['content-type']) ?? undefined;
+
     const sse = /^text\/event-stream\b/i.test(contentType ?? '');
     const meter = new UsageMeter(contentType, started);
     const status = response.statusCode;
@@ -312,7 +317,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       });
     }
     const stream = passThrough({ body: response.body, meter, capture, sse, abortUpstream: () => abort.abort(), streamErrorEvent, onEnd });
-    return new Response(stream, { status, headers });
+    return new Response(stream, { status, headers: toWebHeaders(headers) });
   }
 
   const app = new Hono<BulwarkEnv>();

@@ -157,26 +157,43 @@ export class WriteBehind<T> {
     const base = path.basename(file);
     const orphans = existsSync(dir)
       ? readdirSync(dir).filter((name) => {
-          const pid = Number(/\.replaying-(\d+)(?:-\d+)?$/.exec(name)?.[1]);
+          const pid = Number(/\.replaying-(\d+)(?:-\d+)*$/.exec(name)?.[1]);
           return name.startsWith(`${base}.replaying-`) && pid !== process.pid && !(Number.isInteger(pid) && pid > 0 && isProcessAlive(pid));
         })
       : [];
     const sources = [...orphans.map((name) => path.join(dir, name)), ...(existsSync(file) ? [file] : [])];
+    // Only as much as the queue has room for: the rest goes back to the spool for later, so a
+    // long outage's spool never has to fit in memory at once.
+    let room = Math.max(0, this.#options.maxItems - this.#items.length);
     const replayed: T[] = [];
     for (const source of sources) {
-      const claimed = `${file}.replaying-${process.pid}-${this.#claims.length}`;
+      const claimed = `${file}.replaying-${process.pid}-${this.#claims.length}-${Date.now()}`;
       renameSync(source, claimed);
-      this.#claims.push(claimed);
-      for (const line of readFileSync(claimed, 'utf8').split('\n')) {
+      const data = readFileSync(claimed); // bytes, not one string: a spool may exceed V8's string limit
+      let offset = 0;
+      while (offset < data.length && room > 0) {
+        let end = data.indexOf(0x0a, offset);
+        if (end < 0) end = data.length;
+        const line = data.subarray(offset, end).toString('utf8');
+        offset = end + 1;
         if (!line) continue;
         try {
           replayed.push(JSON.parse(line) as T);
+          room -= 1;
         } catch {
           // a torn last line from a crash mid-append: skip it
         }
       }
+      if (offset < data.length) {
+        mkdirSync(dir, { recursive: true, mode: 0o700 });
+        appendFileSync(file, data.subarray(offset), { mode: 0o600 });
+      }
+      // Claimed only once read whole: if anything above threw, the file stays on disk (an
+      // orphan the next start replays) instead of being released unread.
+      this.#claims.push(claimed);
     }
-    this.#items.unshift(...replayed);
+    // Older than anything queued since: to the front, without spreading a huge array as arguments.
+    this.#items = replayed.concat(this.#items);
     if (this.#options.sizeOf) for (const item of replayed) this.#bytes += this.#options.sizeOf(item);
     this.#claimedPending += replayed.length;
     this.#releaseClaimsIfDone();
@@ -219,13 +236,8 @@ export class WriteBehind<T> {
         this.#removeFront(batch.length);
         this.#stats.written += batch.length;
         this.#consumed(batch.length);
-        const recovered = this.#attempt > 0;
+        if (this.#attempt > 0) this.#options.report?.({ kind: 'recovered', queue: this.#options.name, pending: this.#items.length });
         this.#attempt = 0;
-        if (recovered) {
-          this.#options.report?.({ kind: 'recovered', queue: this.#options.name, pending: this.#items.length });
-          // What spilled while the database was away goes back in now, not at the next start.
-          if (!this.#closed) this.replaySpool();
-        }
         this.#batchLimit = this.#options.batchSize;
       } catch (err) {
         if (this.#options.isPermanent?.(err)) {
@@ -256,6 +268,18 @@ export class WriteBehind<T> {
     })();
     try {
       await this.#running;
+      // What spilled while the database was away goes back in once it answers again (in slices
+      // the queue has room for), not only at the next start.
+      if (!this.#closed && this.#items.length < this.#options.maxItems / 2) {
+        const spool = this.#spoolFile();
+        if (spool && existsSync(spool)) {
+          try {
+            this.replaySpool();
+          } catch (err) {
+            this.#options.report?.({ kind: 'retrying', queue: this.#options.name, pending: this.#items.length, attempt: 0, error: `spool replay failed: ${(err as Error).message}` });
+          }
+        }
+      }
       // After a refused batch the split halves are tried at once: the database is there.
       if (this.#items.length > 0 && (!this.#closed || refused)) this.#schedule(0);
     } catch (err) {
