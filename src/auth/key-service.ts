@@ -214,10 +214,8 @@ export class KeyService {
   }
 
   async createTenant(actor: Actor, id: string, name?: string): Promise<Result<TenantView>> {
-    if (!crossesTenants(actor.principal)) {
-      this.#denied(actor, 'tenant.create', { reason: 'operator_only', targetTenant: id.slice(0, 63) });
-      return { ok: false, code: 'forbidden', message: 'Only an operator can create tenants.' };
-    }
+    const refused = operatorOnly(actor, this.#o.audit, 'tenant.create', 'Only an operator can create tenants.', { targetTenant: id.slice(0, 63) });
+    if (refused) return refused;
     if (!TENANT_ID.test(id)) {
       return { ok: false, code: 'validation_failed', message: 'tenant: use 1-63 lower-case letters, digits, - or _, starting with a letter or digit.' };
     }
@@ -313,6 +311,22 @@ export function deniedEvent(actor: Actor, action: string, details: Record<string
     path: actor.path,
     details: { action, ...details, via: actor.via },
   };
+}
+
+/**
+ * The gate in front of every operator-only action: undefined for an operator; otherwise the
+ * denial is audited and the `forbidden` failure to return is handed back.
+ */
+export function operatorOnly(
+  actor: Actor,
+  audit: (event: AuditEventInput) => void,
+  action: string,
+  message: string,
+  details: Record<string, unknown> = {},
+): Result<never> | undefined {
+  if (crossesTenants(actor.principal)) return undefined;
+  audit(deniedEvent(actor, action, { reason: 'operator_only', ...details }));
+  return { ok: false, code: 'forbidden', message };
 }
 
 function validateName(name: string): Result<never> | undefined {

@@ -5,7 +5,7 @@
  */
 import { sql, type Kysely } from 'kysely';
 import type { AuditEventInput } from '../audit/log.js';
-import { type Actor, type Result, deniedEvent } from '../auth/key-service.js';
+import { type Actor, type Result, operatorOnly } from '../auth/key-service.js';
 import { crossesTenants } from '../auth/principal.js';
 import type { TenantRepository } from '../store/repositories.js';
 import type { Tables } from '../store/tables.js';
@@ -61,10 +61,8 @@ export class ProxyManagement {
 
   /** Stores a tenant's credential, encrypted. `input` is the documented JSON, or a bare API key. */
   async setCredential(actor: Actor, tenant: string, input: unknown): Promise<Result<CredentialView>> {
-    if (!crossesTenants(actor.principal)) {
-      this.#o.audit(deniedEvent(actor, 'credentials.set', { reason: 'operator_only', targetTenant: tenant.slice(0, 63) }));
-      return { ok: false, code: 'forbidden', message: 'Only an operator can set upstream credentials.' };
-    }
+    const refused = operatorOnly(actor, this.#o.audit, 'credentials.set', 'Only an operator can set upstream credentials.', { targetTenant: tenant.slice(0, 63) });
+    if (refused) return refused;
     if (!(await this.#o.tenants.find(tenant))) {
       return { ok: false, code: 'not_found', message: `Tenant '${tenant.slice(0, 63)}' does not exist; create it first (bulwark tenants create ${tenant.slice(0, 63)}).` };
     }
@@ -88,10 +86,8 @@ export class ProxyManagement {
   }
 
   async removeCredential(actor: Actor, tenant: string): Promise<Result<{ tenant: string; removed: boolean }>> {
-    if (!crossesTenants(actor.principal)) {
-      this.#o.audit(deniedEvent(actor, 'credentials.remove', { reason: 'operator_only', targetTenant: tenant.slice(0, 63) }));
-      return { ok: false, code: 'forbidden', message: 'Only an operator can remove upstream credentials.' };
-    }
+    const refused = operatorOnly(actor, this.#o.audit, 'credentials.remove', 'Only an operator can remove upstream credentials.', { targetTenant: tenant.slice(0, 63) });
+    if (refused) return refused;
     const removed = await this.#o.stored.remove(tenant);
     if (!removed) return { ok: false, code: 'not_found', message: `No stored credential for tenant '${tenant.slice(0, 63)}'.` };
     this.#o.audit({ type: 'credentials.removed', outcome: 'success', tenantId: tenant, requestId: actor.requestId, details: { source: 'store', via: actor.via } });
@@ -128,10 +124,8 @@ export class ProxyManagement {
 
   /** Runs the retention purge now (the server also runs it hourly). Operators only. */
   async purgeNow(actor: Actor): Promise<Result<PurgeResult>> {
-    if (!crossesTenants(actor.principal)) {
-      this.#o.audit(deniedEvent(actor, 'retention.purge', { reason: 'operator_only' }));
-      return { ok: false, code: 'forbidden', message: 'Only an operator can run the purge.' };
-    }
+    const refused = operatorOnly(actor, this.#o.audit, 'retention.purge', 'Only an operator can run the purge.');
+    if (refused) return refused;
     const result = await purge(this.#o.db, this.#o.retention);
     this.#o.audit({ type: 'retention.purged', outcome: 'success', requestId: actor.requestId, details: { ...result, via: actor.via } });
     return { ok: true, value: result };
@@ -139,10 +133,8 @@ export class ProxyManagement {
 
   /** Re-encrypts everything stored under an older key with the current one. Operators only. */
   async rotateEncryption(actor: Actor): Promise<Result<RotationResult>> {
-    if (!crossesTenants(actor.principal)) {
-      this.#o.audit(deniedEvent(actor, 'encryption.rotate', { reason: 'operator_only' }));
-      return { ok: false, code: 'forbidden', message: 'Only an operator can rotate encryption.' };
-    }
+    const refused = operatorOnly(actor, this.#o.audit, 'encryption.rotate', 'Only an operator can rotate encryption.');
+    if (refused) return refused;
     const result = await rotateEncryption(this.#o.db, this.#o.keyRing);
     this.#o.audit({ type: 'encryption.rotated', outcome: 'success', requestId: actor.requestId, details: { ...result, via: actor.via } });
     return { ok: true, value: result };

@@ -6,7 +6,7 @@
 import { Hono } from 'hono';
 import { z } from 'zod';
 import type { AuditEventInput, AuditReader, StoredAuditEvent } from '../../audit/log.js';
-import { type Actor, type FailureCode, type KeyService, type Result, deniedEvent } from '../../auth/key-service.js';
+import { type Actor, type FailureCode, type KeyService, type Result, operatorOnly } from '../../auth/key-service.js';
 import { crossesTenants } from '../../auth/principal.js';
 import { LimitSetSchema, SCOPE_PATTERN } from '../../config/schema.js';
 import type { ProxyManagement } from '../../proxy/management.js';
@@ -129,10 +129,8 @@ export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
       return c.json({ events });
     })
     .get('/api/audit/verify', async (c) => {
-      if (!crossesTenants(c.get('principal'))) {
-        audit(deniedEvent(actorOf(c), 'audit.verify', { reason: 'operator_only' }));
-        throw new ApiError('forbidden', 'Only an operator can verify the whole audit chain.');
-      }
+      const refused = operatorOnly(actorOf(c), audit, 'audit.verify', 'Only an operator can verify the whole audit chain.');
+      if (refused) unwrap(refused);
       return c.json(await auditReader.verify());
     });
 }
