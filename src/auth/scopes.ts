@@ -10,8 +10,6 @@
  */
 import { SCOPE_PATTERN } from '../config/schema.js';
 
-export const BASE_SCOPES = ['read', 'write', 'admin'] as const;
-
 /** Whether the granted scopes satisfy one required scope. */
 export function hasScope(granted: readonly string[], required: string): boolean {
   if (granted.includes('admin') || granted.includes(required)) return true;

@@ -67,11 +67,6 @@ export function databaseTlsProblem(url: string): string | undefined {
   return undefined;
 }
 
-/** Whether a PostgreSQL URL reaches another machine (or an unnamed one) without requiring TLS. */
-export function remoteDatabaseWithoutTls(url: string): boolean {
-  return databaseTlsProblem(url) !== undefined;
-}
-
 export interface SafetyOptions {
   /** Replaces `fs.statSync` for the credentials directory check. */
   statMode?: (path: string) => number | undefined;

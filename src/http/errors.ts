@@ -81,10 +81,6 @@ export class ApiError extends Error {
   }
 }
 
-export function isErrorCode(value: string): value is ErrorCode {
-  return Object.hasOwn(ERROR_STATUS, value);
-}
-
 /** Writes the envelope. `requestId` comes from the request-id middleware when it ran. */
 export function errorResponse(c: Context, error: ApiError): Response {
   const requestId = (c.get('requestId') as string | undefined) ?? '';

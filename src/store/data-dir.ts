@@ -46,7 +46,9 @@ export function writePrivateFile(file: string, content: string): void {
   }
 }
 
+/** Whether `pid` names a live process; anything that is not a positive integer does not. */
 export function isProcessAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
     return true;
@@ -63,7 +65,7 @@ export function runningServer(dir: string): ServerInfo | undefined {
   } catch {
     return undefined;
   }
-  if (!Number.isInteger(info.pid) || info.pid === process.pid || !isProcessAlive(info.pid)) return undefined;
+  if (info.pid === process.pid || !isProcessAlive(info.pid)) return undefined;
   return info;
 }
 
@@ -122,7 +124,7 @@ export function lockEmbeddedDatabase(dir: string): () => void {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const holder = Number(readFileSync(file, 'utf8').trim());
-      if (Number.isInteger(holder) && holder > 0 && isProcessAlive(holder)) {
+      if (isProcessAlive(holder)) {
         throw new DatabaseInUseError(holder, dir);
       }
       rmSync(file, { force: true }); // stale: its process is gone

@@ -158,7 +158,7 @@ export class WriteBehind<T> {
     const orphans = existsSync(dir)
       ? readdirSync(dir).filter((name) => {
           const pid = Number(/\.replaying-(\d+)(?:-\d+)*$/.exec(name)?.[1]);
-          return name.startsWith(`${base}.replaying-`) && pid !== process.pid && !(Number.isInteger(pid) && pid > 0 && isProcessAlive(pid));
+          return name.startsWith(`${base}.replaying-`) && pid !== process.pid && !isProcessAlive(pid);
         })
       : [];
     const sources = [...orphans.map((name) => path.join(dir, name)), ...(existsSync(file) ? [file] : [])];
