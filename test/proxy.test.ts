@@ -544,7 +544,7 @@ describe('limits, budgets and model allow-lists', () => {
   it('starts a day budget from the calls already stored, so a restart does not reset it', async () => {
     const created = await b.runtime.keyService.createKey(OPERATOR, { name: 'restarted', scopes: ['llm'], limits: { tokensPerDay: 1_000 } });
     if (!created.ok) throw new Error(created.message);
-    b.runtime.requestLog.record({
+    b.runtime.requestLog.push({
       id: `seed-${created.value.id}`, time: new Date().toISOString(), tenantId: 'default', keyId: created.value.id, method: 'POST', path: '/v1/messages', model: MESSAGE.model,
       stream: false, status: 200, errorType: null, inputTokens: 990, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0, costUsd: 0, latencyMs: 1, firstTokenMs: null,
       ip: null, userAgent: null, requestId: null, upstreamRequestId: null, requestBody: null, responseBody: null,
@@ -649,7 +649,7 @@ describe('body storage, retention and key rotation', () => {
   it('purges bodies past their retention and rows past theirs, and audits it', async () => {
     const day = 86_400_000;
     const seed = (id: string, ageDays: number) =>
-      b.runtime.requestLog.record({
+      b.runtime.requestLog.push({
         id, time: new Date(Date.now() - ageDays * day).toISOString(), tenantId: 'default', keyId: 'k', method: 'POST', path: '/v1/messages', model: 'm', stream: false, status: 200,
         errorType: null, inputTokens: 1, outputTokens: 1, cacheCreationInputTokens: 0, cacheReadInputTokens: 0, costUsd: 0, latencyMs: 1, firstTokenMs: null, ip: null, userAgent: null,
         requestId: null, upstreamRequestId: null, requestBody: 'v1.x.y.z', responseBody: 'v1.x.y.z',

@@ -25,7 +25,7 @@ import { BudgetLedger, type Subject } from '../proxy/limits.js';
 import { OAuthRefresher } from '../proxy/oauth.js';
 import { type Alerter, createAlerter, slackSink, webhookSink } from '../monitor/alerts.js';
 import { Metrics } from '../monitor/metrics.js';
-import { RequestLog } from '../proxy/request-log.js';
+import { type RequestLog, createRequestLog } from '../proxy/request-log.js';
 import type { CredentialResolver } from '../proxy/routes.js';
 import { Upstream } from '../proxy/upstream.js';
 import { KeyRing } from '../store/crypto.js';
@@ -209,7 +209,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (tenantLimits) subjects.push({ kind: 'tenant', id: principal.tenant, limits: tenantLimits });
     return subjects;
   };
-  const requestLog = new RequestLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  const requestLog = createRequestLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
 
   metrics.collect(() => {
     const queues = { audit: auditLog.stats, 'last-used': lastUsed.stats, requests: requestLog.stats };

@@ -38,50 +38,23 @@ export interface RequestLogOptions {
   spoolDir?: string | undefined;
   report?: (event: WriteBehindReport) => void;
   flushIntervalMs?: number;
-  maxItems?: number;
 }
 
-export class RequestLog {
-  readonly #queue: WriteBehind<RequestRecord>;
+/** The requests queue: a write-behind queue of rows; `push` records one. */
+export type RequestLog = WriteBehind<RequestRecord>;
 
-  constructor(db: Kysely<Tables>, options: RequestLogOptions = {}) {
-    this.#queue = new WriteBehind<RequestRecord>({
-      name: 'requests',
-      spoolDir: options.spoolDir,
-      report: options.report,
-      isPermanent: isDataError,
-      batchSize: 500,
-      // Rows with stored bodies can be megabytes: bound memory and each write by bytes too.
-      sizeOf: (r) => 600 + (r.requestBody?.length ?? 0) + (r.responseBody?.length ?? 0),
-      ...(options.flushIntervalMs !== undefined ? { flushIntervalMs: options.flushIntervalMs } : {}),
-      ...(options.maxItems !== undefined ? { maxItems: options.maxItems } : {}),
-      write: (batch) => insertRows(db, batch),
-    });
-  }
-
-  record(row: RequestRecord): void {
-    this.#queue.push(row);
-  }
-
-  get stats() {
-    return this.#queue.stats;
-  }
-
-  flush(): Promise<void> {
-    return this.#queue.flush();
-  }
-
-  replaySpool(): number {
-    return this.#queue.replaySpool();
-  }
-
-  close(deadlineMs?: number): Promise<number> {
-    return this.#queue.close(deadlineMs);
-  }
-
-  abandon(): number {
-    return this.#queue.abandon();
-  }
+export function createRequestLog(db: Kysely<Tables>, options: RequestLogOptions = {}): RequestLog {
+  return new WriteBehind<RequestRecord>({
+    name: 'requests',
+    spoolDir: options.spoolDir,
+    report: options.report,
+    isPermanent: isDataError,
+    batchSize: 500,
+    // Rows with stored bodies can be megabytes: bound memory and each write by bytes too.
+    sizeOf: (r) => 600 + (r.requestBody?.length ?? 0) + (r.responseBody?.length ?? 0),
+    ...(options.flushIntervalMs !== undefined ? { flushIntervalMs: options.flushIntervalMs } : {}),
+    write: (batch) => insertRows(db, batch),
+  });
 }
 
 /**

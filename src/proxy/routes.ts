@@ -120,7 +120,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
         const text = capture.text();
         if (text) row.responseBody = sealBody(storeBodies, text, row.tenantId, row.id, 'response_body');
       }
-      requestLog.record(row);
+      requestLog.push(row);
       metrics?.inc('bulwark_proxy_requests_total', 'Calls to /v1, by HTTP status and whether they streamed.', { status: String(row.status), stream: String(row.stream) });
       metrics?.inc('bulwark_proxy_tokens_total', 'Tokens used through /v1, by kind.', { kind: 'input' }, row.inputTokens);
       metrics?.inc('bulwark_proxy_tokens_total', 'Tokens used through /v1, by kind.', { kind: 'output' }, row.outputTokens);
