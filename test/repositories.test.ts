@@ -264,6 +264,7 @@ describe.each(ENGINES)('store on %s', (engine) => {
         { name: '', scopes: ['read'] },
         { name: '   ', scopes: ['read'] },
         { name: 'bell\u0007', scopes: ['read'] },
+        { name: 'half\ud800pair', scopes: ['read'] },
         { name: 'x'.repeat(101), scopes: ['read'] },
         { name: 'ok', scopes: [] },
         { name: 'ok', scopes: ['Read'] },

@@ -74,6 +74,12 @@ export function makeEvent(input: AuditEventInput, now = new Date()): AuditEvent 
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
+/** Whether a string is well-formed UTF-16 (no unpaired surrogate), as jsonb requires. */
+export function isWellFormedText(text: string): boolean {
+  LONE_SURROGATE.lastIndex = 0;
+  return !LONE_SURROGATE.test(text);
+}
+
 /**
  * PostgreSQL refuses U+0000 and unpaired UTF-16 surrogates in text and jsonb; one such event
  * would be refused on every retry. Drop NULs and replace lone surrogates with U+FFFD.

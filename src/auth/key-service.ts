@@ -4,7 +4,7 @@
  * the CLI calls while a server holds the embedded database). Expected failures are values;
  * every change is an audit event.
  */
-import type { AuditEventInput } from '../audit/log.js';
+import { type AuditEventInput, isWellFormedText } from '../audit/log.js';
 import type { KeyRepository, KeyRow, TenantRepository } from '../store/repositories.js';
 import { type KeyHasher, type KeyPrefix, generateKey } from './keys.js';
 import { DEFAULT_TENANT, type Principal, crossesTenants } from './principal.js';
@@ -331,8 +331,7 @@ export function operatorOnly(
 
 function validateName(name: string): Result<never> | undefined {
   const trimmed = name.trim();
-  const wellFormed = !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(name);
-  if (!trimmed || trimmed.length > NAME_MAX || /[\u0000-\u001f\u007f]/.test(name) || !wellFormed) {
+  if (!trimmed || trimmed.length > NAME_MAX || /[\u0000-\u001f\u007f]/.test(name) || !isWellFormedText(name)) {
     return { ok: false, code: 'validation_failed', message: `name: give 1-${NAME_MAX} printable characters.` };
   }
   return undefined;
