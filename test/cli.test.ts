@@ -90,6 +90,14 @@ describe.each(SCENARIOS)('bulwark on $name', (scenario) => {
     expect(statSync(path.join(dataDir, 'admin.token')).mode & 0o777).toBe(0o600);
   });
 
+  it('stays small after creating its database: the embedded engine\'s initdb memory is not kept', () => {
+    // PGlite's initdb instance alone holds about 500 MB; it runs in a child process that exits.
+    const status = readFileSync(`/proc/${server.child.pid}/status`, 'utf8');
+    const rssKb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1]);
+    expect(rssKb).toBeGreaterThan(0);
+    expect(rssKb / 1024).toBeLessThan(400);
+  });
+
   it('creates a key with `keys create --scopes read --json` that /api/whoami accepts', async () => {
     const created = await createKey(['--scopes', 'read', '--name', 'e2e reader']);
     expect(created).toMatchObject({ id: expect.any(String), key: expect.stringMatching(/^bwk_test_/), tenant: 'default', scopes: ['read'] });

@@ -2,8 +2,11 @@
  * Opens the database behind one query layer: PGlite (embedded, under the data dir) by default,
  * PostgreSQL when a URL is given. Both get the same Kysely<Tables>, schema and migrations.
  */
-import { mkdirSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { PGlite } from '@electric-sql/pglite';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
@@ -38,6 +41,41 @@ export interface OpenDatabaseOptions {
   onPoolError?: (err: Error) => void;
 }
 
+/**
+ * PGlite's own start parameters with a 16 MB buffer cache instead of PostgreSQL's 128 MB. The
+ * embedded engine's memory never shrinks, and a gateway's writes are appends that need little
+ * cache; reads still go through the operating system's page cache.
+ */
+const EMBEDDED_START_PARAMS = [...PGlite.defaultStartParams, '-c', 'shared_buffers=16MB'];
+
+/**
+ * A new data directory is created in a short-lived child process: PGlite runs initdb in its own
+ * WebAssembly instance, whose half a gigabyte would otherwise stay resident for the server's life.
+ */
+const INIT_SCRIPT = `
+const { PGlite } = require(process.argv[1]);
+(async () => {
+  const db = new PGlite(process.argv[2], { startParams: JSON.parse(process.argv[3]) });
+  await db.waitReady;
+  await db.close();
+})().catch((err) => { process.stderr.write(String((err && err.message) || err)); process.exit(1); });
+`;
+
+async function initialiseEmbedded(dir: string): Promise<void> {
+  if (existsSync(path.join(dir, 'PG_VERSION'))) return;
+  const pgliteModule = createRequire(import.meta.url).resolve('@electric-sql/pglite');
+  try {
+    await promisify(execFile)(
+      process.execPath,
+      ['-e', INIT_SCRIPT, pgliteModule, dir, JSON.stringify(EMBEDDED_START_PARAMS)],
+      { timeout: 120_000 },
+    );
+  } catch (err) {
+    const detail = (err as { stderr?: string }).stderr?.trim() || (err as Error).message;
+    throw new Error(`creating the embedded database in ${dir} failed: ${detail}`);
+  }
+}
+
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
 export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
@@ -51,7 +89,7 @@ async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise
   let location: string;
   let release = () => {};
   if (options.memory) {
-    pglite = new PGlite();
+    pglite = new PGlite({ startParams: EMBEDDED_START_PARAMS });
     location = 'embedded (memory)';
   } else {
     if (!options.dataDir) throw new Error('dataDir is required for the embedded database');
@@ -59,7 +97,13 @@ async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise
     mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     release = lockEmbeddedDatabase(options.dataDir);
-    pglite = new PGlite(dir);
+    try {
+      await initialiseEmbedded(dir);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    pglite = new PGlite(dir, { startParams: EMBEDDED_START_PARAMS });
     location = `embedded (${dir})`;
   }
   try {
