@@ -161,6 +161,9 @@ export async function startBulwark(options: BulwarkOptions): Promise<BulwarkStar
     BULWARK_ADMIN_PORT: '0',
     BULWARK_UPSTREAM_URL: options.upstreamUrl,
     BULWARK_LOG_LEVEL: 'warn',
+    // One load generator on one address: the per-address limit (1200/min) would refuse almost
+    // everything. It is raised, not removed, so the limiter still runs on every request.
+    BULWARK_RATE_LIMIT_IP: '100000000',
     ...(options.storeBodies ? { BULWARK_STORE_BODIES: 'true' } : {}),
   });
   const child = track(spawn(process.execPath, [CLI, 'serve'], { cwd: REPO_ROOT, env, stdio: ['ignore', 'inherit', 'pipe'] }));

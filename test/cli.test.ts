@@ -251,6 +251,7 @@ describe('production mode from the command line', () => {
       BULWARK_HOST: '127.0.0.1',
       BULWARK_PORT: '0',
       BULWARK_ADMIN_PORT: '0',
+      BULWARK_ALLOWED_HOSTS: 'bulwark.example.com',
       BULWARK_ENCRYPTION_KEYS: randomBytes(32).toString('base64'),
     };
     try {
@@ -285,9 +286,10 @@ describe('production mode from the command line', () => {
           expect.stringContaining('BULWARK_AUTH'),
           expect.stringContaining('BULWARK_ENCRYPTION_KEYS'),
           expect.stringContaining('BULWARK_JWT_SECRET'),
+          expect.stringContaining('BULWARK_ALLOWED_HOSTS'),
         ]),
       );
-      expect(lines).toHaveLength(3);
+      expect(lines).toHaveLength(4);
       // Printed as built: naming the setting, never its value, and not garbled by masking.
       expect(lines).toContain('  - BULWARK_JWT_SECRET: is shorter than 32 bytes');
       expect(result.stderr).not.toContain('changeme');
@@ -320,5 +322,5 @@ describe('quick start', () => {
       expect(existsSync(path.join(dataDir, 'server.json'))).toBe(false);
       rmSync(dataDir, { recursive: true, force: true });
     }
-  });
+  }, 150_000); // a full build and a new embedded database: slow on a loaded two-core machine
 });

@@ -61,6 +61,7 @@ function withConfigFile(name: string, text: string): { cwd: string; env: Env } {
 function safeProductionEnv(): Env {
   return {
     NODE_ENV: 'production',
+    BULWARK_ALLOWED_HOSTS: 'bulwark.example.com',
     BULWARK_ENCRYPTION_KEYS: encryptionKey(),
     BULWARK_JWT_SECRET: strongSecret(),
     BULWARK_API_KEY: strongSecret(),
@@ -86,8 +87,8 @@ describe('loadConfig defaults', () => {
   it('binds both listeners to 127.0.0.1 on ports 3000 and 3001 with auth on in development', () => {
     const config = load({});
     expect(config.mode).toBe('development');
-    expect(config.server).toEqual({ host: '127.0.0.1', port: 3000 });
-    expect(config.admin).toEqual({ host: '127.0.0.1', port: 3001 });
+    expect(config.server).toEqual({ host: '127.0.0.1', port: 3000, publicUrl: undefined });
+    expect(config.admin).toEqual({ host: '127.0.0.1', port: 3001, ipAllowlist: [] });
     expect(config.auth.enabled).toBe(true);
     expect(config.auth.offRequested).toBe(false);
   });
@@ -408,7 +409,7 @@ describe('safetyProblems in production', () => {
     const problems = safetyProblems(
       load({ NODE_ENV: 'production', BULWARK_AUTH: 'off', ...weak, DATABASE_URL: `postgres://bulwark:${password}@db.internal/bulwark` }),
     );
-    expect(problems).toHaveLength(7);
+    expect(problems).toHaveLength(8); // the six above, the database URL, and the host allow-list
     expectNoSecretIn(problems.join('\n'), [...Object.values(weak), password]);
   });
 });
@@ -509,17 +510,43 @@ describe('retention settings', () => {
   });
 });
 
-describe('settings this version does not act on yet', () => {
+describe('protection-layer settings', () => {
   it.each([
-    ['BULWARK_IP_ALLOWLIST', '10.0.0.0/8'],
-    ['BULWARK_TRUSTED_PROXIES', '127.0.0.1/32'],
-    ['BULWARK_CORS_ORIGINS', 'https://app.example'],
-    ['BULWARK_ALLOWED_HOSTS', 'gw.example'],
-    ['BULWARK_TLS_CERT', '/etc/ssl/cert.pem'],
-    ['REDIS_URL', 'redis://127.0.0.1:6379'],
-  ])('refuses %s rather than silently ignoring it', (name, value) => {
-    const problems = safetyProblems(load({ [name]: value }));
-    expect(problems).toEqual([`${name}: not supported by this version yet; refusing to start rather than ignore it`]);
+    ['BULWARK_IP_ALLOWLIST', '10.0.0.0/33', "BULWARK_IP_ALLOWLIST: '10.0.0.0/33' has an invalid prefix length"],
+    ['BULWARK_TRUSTED_PROXIES', '10.0.0', "BULWARK_TRUSTED_PROXIES: '10.0.0' is not an IPv4 or IPv6 address or CIDR"],
+    ['BULWARK_ADMIN_IP_ALLOWLIST', 'fd00::/129', "BULWARK_ADMIN_IP_ALLOWLIST: 'fd00::/129' has an invalid prefix length"],
+    ['BULWARK_ALLOWED_HOSTS', 'https://gw.example', "BULWARK_ALLOWED_HOSTS: 'https://gw.example' is not a host name or host:port"],
+    ['BULWARK_TLS_CERT', '/nonexistent/cert.pem', 'BULWARK_TLS_CERT and BULWARK_TLS_KEY: set both or neither'],
+  ])('refuses a bad %s, naming it', (name, value, problem) => {
+    expect(safetyProblems(load({ [name]: value }))).toContain(problem);
+  });
+
+  it('accepts IPv4 and IPv6 CIDRs, bare addresses and host:port entries', () => {
+    const config = load({
+      BULWARK_IP_ALLOWLIST: '10.0.0.0/8,192.168.1.7,fd00::/8,::1',
+      BULWARK_TRUSTED_PROXIES: '127.0.0.1/32',
+      BULWARK_ALLOWED_HOSTS: 'gw.example,gw.example:8443,[::1]:3000',
+      BULWARK_CORS_ORIGINS: 'https://app.example/',
+    });
+    expect(safetyProblems(config)).toEqual([]);
+    // Origins are compared in their serialised form: no path, no trailing slash.
+    expect(config.http.corsOrigins).toEqual(['https://app.example']);
+  });
+
+  it('refuses a CORS origin that is not a URL when loading', () => {
+    expect(refusal({ BULWARK_CORS_ORIGINS: 'app.example' }).problems).toEqual([expect.stringMatching(/^BULWARK_CORS_ORIGINS/)]);
+  });
+
+  it('refuses an unreadable TLS key file, naming the setting and not its contents', () => {
+    const problems = safetyProblems(load({ BULWARK_TLS_CERT: '/nonexistent/cert.pem', BULWARK_TLS_KEY: '/nonexistent/key.pem' }));
+    expect(problems).toContain('BULWARK_TLS_CERT: cannot read /nonexistent/cert.pem (ENOENT)');
+    expect(problems).toContain('BULWARK_TLS_KEY: cannot read /nonexistent/key.pem (ENOENT)');
+  });
+
+  it('in production, refuses a missing host allow-list and plain-http CORS origins', () => {
+    const { BULWARK_ALLOWED_HOSTS: _omitted, ...env } = safeProductionEnv();
+    expect(safetyProblems(load(env))).toEqual([expect.stringMatching(/^BULWARK_ALLOWED_HOSTS: production needs/)]);
+    expect(productionProblems({ BULWARK_CORS_ORIGINS: 'http://app.example' })).toEqual(['BULWARK_CORS_ORIGINS: http://app.example must be https in production']);
   });
 
   it('accepts them left at their defaults', () => {

@@ -157,6 +157,7 @@ describe('localFindings', () => {
   /** Production with every required secret strong, so only the setting under test can fail. */
   const productionEnv = (): Record<string, string> => ({
     BULWARK_MODE: 'production',
+    BULWARK_ALLOWED_HOSTS: 'bulwark.example.com',
     BULWARK_ENCRYPTION_KEYS: randomBytes(32).toString('base64'),
     BULWARK_JWT_SECRET: strongSecret(),
   });

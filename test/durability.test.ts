@@ -28,7 +28,7 @@ describe('durability of usage accounting', () => {
     database = await startPrivatePostgres();
     upstream = await startAnthropicStandIn({ eventIntervalMs: 0 });
     dataDir = mkdtempSync(path.join(tmpdir(), 'bulwark-durable-'));
-    env = { BULWARK_DATA_DIR: dataDir, BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0', DATABASE_URL: database.url, BULWARK_UPSTREAM_URL: upstream.url, BULWARK_LOG_LEVEL: 'warn' };
+    env = { BULWARK_DATA_DIR: dataDir, BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0', DATABASE_URL: database.url, BULWARK_UPSTREAM_URL: upstream.url, BULWARK_LOG_LEVEL: 'warn', BULWARK_RATE_LIMIT_IP: '1000000' };
     const upstreamKey = `sk-ant-api03-${randomBytes(24).toString('hex')}`;
     upstream.apiKeys.add(upstreamKey);
     const credentials = path.join(dataDir, 'credentials');

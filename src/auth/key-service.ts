@@ -9,6 +9,7 @@ import type { KeyRepository, KeyRow, TenantRepository } from '../store/repositor
 import { type KeyHasher, type KeyPrefix, generateKey } from './keys.js';
 import { DEFAULT_TENANT, type Principal, crossesTenants } from './principal.js';
 import { LimitSetSchema } from '../config/schema.js';
+import { cidrProblem } from '../config/safety.js';
 import { isValidScope } from './scopes.js';
 
 export interface KeyView {
@@ -25,6 +26,8 @@ export interface KeyView {
   rotatedFrom: string | null;
   /** Limits of this key (per minute, day and month; dollars; models). */
   limits: Record<string, unknown>;
+  /** Addresses (CIDRs) the key works from; empty means anywhere. */
+  allowedIps: string[];
 }
 
 export interface CreatedKey extends KeyView {
@@ -60,6 +63,8 @@ export interface CreateKeyInput {
   expiresIn?: string | undefined;
   /** Limits of this key; see `LimitSetSchema`. */
   limits?: Record<string, unknown> | undefined;
+  /** IPv4/IPv6 addresses or CIDRs the key may be used from; absent or empty means anywhere. */
+  allowedIps?: readonly string[] | undefined;
 }
 
 export interface KeyServiceOptions {
@@ -107,6 +112,7 @@ export function keyView(row: KeyRow, now: Date): KeyView {
     lastUsedAt: iso(row.last_used_at),
     rotatedFrom: row.rotated_from,
     limits: row.limits ?? {},
+    allowedIps: [...row.allowed_cidrs],
   };
 }
 
@@ -142,12 +148,16 @@ export class KeyService {
       }
       limits = parsed.data;
     }
+    const allowedIps = input.allowedIps ? [...new Set(input.allowedIps.map((ip) => ip.trim()))] : [];
+    const badIp = allowedIps.map(cidrProblem).find(Boolean);
+    if (badIp) return { ok: false, code: 'validation_failed', message: `allowedIps: ${badIp}` };
+    if (allowedIps.length > 100) return { ok: false, code: 'validation_failed', message: 'allowedIps: at most 100 entries' };
     if (tenant === DEFAULT_TENANT) await this.#o.tenants.ensure(DEFAULT_TENANT, 'Default tenant');
     else if (!(await this.#o.tenants.find(tenant))) {
       return { ok: false, code: 'not_found', message: `Tenant '${tenant}' does not exist; create it first (bulwark tenants create ${tenant}).` };
     }
-    const created = await this.#insertKey({ name: input.name, scopes: input.scopes, tenant, expiresAt, rotatedFrom: null, limits });
-    this.#audit(actor, 'key.created', created.id, created.tenant, { name: created.name, scopes: created.scopes, expiresAt: created.expiresAt, limits: created.limits });
+    const created = await this.#insertKey({ name: input.name, scopes: input.scopes, tenant, expiresAt, rotatedFrom: null, limits, allowedIps });
+    this.#audit(actor, 'key.created', created.id, created.tenant, { name: created.name, scopes: created.scopes, expiresAt: created.expiresAt, limits: created.limits, allowedIps: created.allowedIps });
     return { ok: true, value: created };
   }
 
@@ -202,7 +212,7 @@ export class KeyService {
     }
     // One transaction: a failure can never leave both the old and an unseen new key valid.
     const created = await this.#o.keys.transaction(async (keys) => {
-      const fresh = await this.#insertKey({ name: old.name, scopes: old.scopes, tenant: old.tenant_id, expiresAt: old.expires_at, rotatedFrom: old.id, limits: old.limits }, keys);
+      const fresh = await this.#insertKey({ name: old.name, scopes: old.scopes, tenant: old.tenant_id, expiresAt: old.expires_at, rotatedFrom: old.id, limits: old.limits, allowedIps: old.allowed_cidrs }, keys);
       if (graceMs > 0) await keys.expireBy(old.id, new Date(now.getTime() + graceMs));
       else await keys.revoke(old.id, now);
       return fresh;
@@ -235,7 +245,15 @@ export class KeyService {
   }
 
   async #insertKey(
-    input: { name: string; scopes: readonly string[]; tenant: string; expiresAt: Date | null; rotatedFrom: string | null; limits?: Record<string, unknown> | undefined },
+    input: {
+      name: string;
+      scopes: readonly string[];
+      tenant: string;
+      expiresAt: Date | null;
+      rotatedFrom: string | null;
+      limits?: Record<string, unknown> | undefined;
+      allowedIps?: readonly string[];
+    },
     keys: KeyRepository = this.#o.keys,
   ): Promise<CreatedKey> {
     const generated = generateKey(this.#o.prefix);
@@ -250,6 +268,7 @@ export class KeyService {
       expiresAt: input.expiresAt,
       rotatedFrom: input.rotatedFrom,
       ...(input.limits ? { limits: input.limits } : {}),
+      ...(input.allowedIps?.length ? { allowedCidrs: input.allowedIps } : {}),
     });
     return { ...keyView(row, this.#now()), key: generated.plaintext };
   }

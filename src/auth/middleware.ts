@@ -1,14 +1,15 @@
 /**
  * The HTTP edge of authentication and authorization. `extractCredential` reads the headers
- * (pure); `authenticate` turns a verification result into 400/401 with the right
- * `WWW-Authenticate` (RFC 6750 §3) and audits every failure; `requireScope` answers 403
- * `insufficient_scope` and audits it.
+ * (pure); `authenticate` turns a verification result (a Bulwark key, or a bearer JWT through
+ * the configured `TokenVerifier`s) into 400/401 with the right `WWW-Authenticate` (RFC 6750 §3)
+ * and audits every failure; `requireScope` answers 403 `insufficient_scope` and audits it.
  */
-import type { MiddlewareHandler } from 'hono';
+import type { Context, MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { clientIp, requestPath } from '../http/client-info.js';
 import { ApiError } from '../http/errors.js';
+import { type TokenVerifier, type TokenVerifyResult, TokenVerifierUnavailableError } from './jwt.js';
 import { DEFAULT_TENANT, type Principal } from './principal.js';
 import { hasScope } from './scopes.js';
 import { type KeyVerifier, StoreUnavailableError } from './verify.js';
@@ -48,12 +49,33 @@ export function extractCredential(authorization: string | undefined, apiKey: str
   return fromAuthorization !== undefined ? { kind: 'token', token: fromAuthorization, source: 'authorization' } : { kind: 'none' };
 }
 
+/**
+ * A compact JWS (RFC 7515 §7.1): three base64url segments, the header a JSON object (so `eyJ`).
+ * The signature may be empty here so that an unsigned (`alg: none`) token reaches the token
+ * verifiers and is refused there with a precise audit reason.
+ */
+const COMPACT_JWS = /^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+export function looksLikeJwt(token: string): boolean {
+  return COMPACT_JWS.test(token);
+}
+
 export interface AuthenticateOptions {
   verifier: KeyVerifier;
   audit: (event: AuditEventInput) => void;
   /** `false` only in development with BULWARK_AUTH=off on loopback (config refuses it elsewhere). */
   required?: boolean;
   realm?: string;
+  /**
+   * Verifiers for bearer JWTs, asked in order (Bulwark's own first, then an OIDC provider).
+   * Without any, a JWT is refused like any other unknown credential.
+   */
+  tokenVerifiers?: readonly TokenVerifier[];
+  /**
+   * Called on every authentication failure (the brute-force lockout tracker) and awaited before
+   * the answer, so the client's next request already sees a lockout this failure caused.
+   */
+  onFailure?: (ip: string | undefined, c: Context) => void | Promise<void>;
 }
 
 /** The principal used when authentication is off: the default tenant, every scope. */
@@ -67,22 +89,26 @@ export const ANONYMOUS_PRINCIPAL: Principal = Object.freeze({
 });
 
 export function authenticate(options: AuthenticateOptions): MiddlewareHandler<BulwarkEnv> {
-  const { verifier, audit, required = true, realm = 'bulwark' } = options;
+  const { verifier, audit, required = true, realm = 'bulwark', tokenVerifiers = [], onFailure } = options;
   if (!verifier) throw new Error('authenticate: verifier is required');
+  if (tokenVerifiers.some((v) => typeof v?.verify !== 'function')) throw new Error('authenticate: every tokenVerifiers entry needs a verify function');
   const challenge = (error?: string) => `Bearer realm="${realm}"${error ? `, error="${error}"` : ''}`;
 
   return async function authenticateMiddleware(c, next) {
+    // An earlier layer (the admin listener's cookie session) has already decided who this is.
+    if (c.get('principal')) return next();
     const credential = extractCredential(c.req.header('authorization'), c.req.header('x-api-key'));
     c.set('credentialPresented', credential.kind !== 'none');
     if (!required && credential.kind === 'none') {
       c.set('principal', ANONYMOUS_PRINCIPAL);
       return next();
     }
-    const auditFailure = (reason: string, extra: Partial<AuditEventInput> = {}) =>
+    const ip = clientIp(c);
+    const fail = async (reason: string, extra: Partial<AuditEventInput> = {}) => {
       audit({
         type: 'auth.failure',
         outcome: 'failure',
-        ip: clientIp(c),
+        ip,
         userAgent: c.req.header('user-agent'),
         method: c.req.method,
         path: requestPath(c),
@@ -90,33 +116,77 @@ export function authenticate(options: AuthenticateOptions): MiddlewareHandler<Bu
         ...extra,
         details: { reason, credentialPresented: credential.kind !== 'none', origin: c.req.header('origin') ?? null, ...extra.details },
       });
+      // A request with no credential guesses nothing; only wrong and malformed ones count toward a lockout.
+      if (reason !== 'missing') await onFailure?.(ip, c);
+    };
 
     if (credential.kind === 'none') {
-      auditFailure('missing');
+      await fail('missing');
       throw new ApiError('unauthorized', 'Authentication required: send a Bulwark key as "Authorization: Bearer <key>" or "X-API-Key: <key>".', {
         'WWW-Authenticate': challenge(),
       });
     }
     if (credential.kind === 'malformed') {
-      auditFailure('malformed');
+      await fail('malformed');
       throw new ApiError('malformed_credential', credential.message, { 'WWW-Authenticate': challenge('invalid_request') });
+    }
+    // RFC 6750 §2.1: an access token travels as a Bearer token, not as an API key header.
+    if (tokenVerifiers.length > 0 && credential.source === 'authorization' && looksLikeJwt(credential.token)) {
+      const result = await verifyToken(tokenVerifiers, credential.token);
+      if (!result.ok) {
+        await fail(result.reason, { keyId: result.keyId ?? null, tenantId: result.tenant ?? null, details: { source: credential.source, credential: 'jwt', verifiers: result.verifiers } });
+        // One message whichever check failed (signature, algorithm, issuer, audience, lifetime, key).
+        throw new ApiError('unauthorized', 'Invalid access token.', { 'WWW-Authenticate': challenge('invalid_token') });
+      }
+      c.set('principal', result.principal);
+      c.set('authMethod', 'bearer');
+      return next();
     }
     let result;
     try {
       result = await verifier.verify(credential.token);
     } catch (err) {
-      if (!(err instanceof StoreUnavailableError)) throw err;
-      // Not the client's fault and not a bug: say so, and when to come back.
-      throw new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
+      throw unavailable(err);
     }
     if (!result.ok) {
-      auditFailure(result.reason, { keyId: result.keyId ?? null, tenantId: result.tenant ?? null, details: { source: credential.source } });
+      await fail(result.reason, { keyId: result.keyId ?? null, tenantId: result.tenant ?? null, details: { source: credential.source } });
       // One message for unknown, wrong, expired and revoked keys: the response must not tell which.
       throw new ApiError('unauthorized', 'Invalid API key.', { 'WWW-Authenticate': challenge('invalid_token') });
     }
     c.set('principal', result.principal);
+    c.set('authMethod', 'bearer');
     return next();
   };
+}
+
+/** Store or identity provider away: not the client's fault and not a bug; say so, and when to come back. */
+function unavailable(err: unknown): unknown {
+  if (!(err instanceof StoreUnavailableError) && !(err instanceof TokenVerifierUnavailableError)) return err;
+  return new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
+}
+
+type TokenOutcome = Extract<TokenVerifyResult, { ok: true }> | (Extract<TokenVerifyResult, { ok: false }> & { verifiers: Record<string, string> });
+
+/**
+ * Asks each verifier in turn; the first that accepts wins. When all refuse, the reason audited
+ * is that of the first verifier the token was meant for (its issuer matched), so a forged
+ * Bulwark token is not reported as "wrong issuer" by the OIDC verifier asked after it.
+ */
+async function verifyToken(verifiers: readonly TokenVerifier[], token: string): Promise<TokenOutcome> {
+  const reasons: Record<string, string> = {};
+  let refusal: Extract<TokenVerifyResult, { ok: false }> | undefined;
+  for (const tokenVerifier of verifiers) {
+    let result: TokenVerifyResult;
+    try {
+      result = await tokenVerifier.verify(token);
+    } catch (err) {
+      throw unavailable(err);
+    }
+    if (result.ok) return result;
+    reasons[tokenVerifier.name] = result.reason;
+    if (!refusal || (refusal.reason === 'wrong_issuer' && result.reason !== 'wrong_issuer')) refusal = result;
+  }
+  return { ...(refusal ?? { ok: false, reason: 'malformed_token' }), verifiers: reasons };
 }
 
 export interface RequireScopeOptions {

@@ -11,7 +11,11 @@ export type PrincipalKind =
   /** The running server's admin token or BULWARK_ADMIN_KEY: an operator, across tenants. */
   | 'operator'
   /** Development with BULWARK_AUTH=off on loopback: nobody was asked who they are. */
-  | 'anonymous';
+  | 'anonymous'
+  /** A short-lived token from POST /auth/token, standing for the store key that minted it. */
+  | 'jwt'
+  /** An access token from the operators' own identity provider (`oidc` settings). */
+  | 'oidc';
 
 export interface Principal {
   kind: PrincipalKind;
@@ -22,6 +26,8 @@ export interface Principal {
   expiresAt: Date | null;
   /** The key's own limits (validated where they are enforced); absent for keys without any. */
   limits?: Readonly<Record<string, unknown>> | undefined;
+  /** CIDRs the key may be used from; absent or empty means anywhere. */
+  allowedCidrs?: readonly string[] | undefined;
 }
 
 export const DEFAULT_TENANT = 'default';

@@ -108,18 +108,25 @@ export class KeyVerifier {
     if (row.expires_at && row.expires_at.getTime() <= now) return { ok: false, reason: 'expired', keyId: row.id, tenant: row.tenant_id };
 
     this.#onKeyUsed?.(row.id, new Date(now));
-    return {
-      ok: true,
-      principal: {
-        kind: 'key',
-        tenant: row.tenant_id,
-        keyId: row.id,
-        keyName: row.name,
-        scopes: row.scopes,
-        expiresAt: row.expires_at,
-        ...(row.limits && Object.keys(row.limits).length > 0 ? { limits: row.limits } : {}),
-      },
-    };
+    return { ok: true, principal: rowPrincipal(row) };
+  }
+
+  /**
+   * The current state of a store key named by its id alone, for credentials derived from a key
+   * (Bulwark JWTs): the same cached lookup as `verify` (so `invalidate` and `cacheMs` bound how
+   * long a revoked key's tokens live) and the same revocation, expiry and environment checks,
+   * but no secret, since the caller has already proved possession another way (a signature).
+   */
+  async verifyKeyId(id: string): Promise<VerifyResult> {
+    if (!KEY_ID.test(id)) return { ok: false, reason: 'unknown_key' };
+    const row = await this.#lookup(id);
+    if (!row) return { ok: false, reason: 'unknown_key', keyId: id };
+    if (this.#prefix && row.prefix !== this.#prefix) return { ok: false, reason: 'wrong_environment', keyId: row.id, tenant: row.tenant_id };
+    const now = this.#now();
+    if (row.revoked_at && row.revoked_at.getTime() <= now) return { ok: false, reason: 'revoked', keyId: row.id, tenant: row.tenant_id };
+    if (row.expires_at && row.expires_at.getTime() <= now) return { ok: false, reason: 'expired', keyId: row.id, tenant: row.tenant_id };
+    this.#onKeyUsed?.(row.id, new Date(now));
+    return { ok: true, principal: rowPrincipal(row) };
   }
 
   /** Drops a key from the cache; the next request looks it up again. */
@@ -168,6 +175,23 @@ export class StoreUnavailableError extends Error {
     super('the key store cannot be reached', { cause });
     this.name = 'StoreUnavailableError';
   }
+}
+
+/** A store key's public id, as `parseKey` accepts it. */
+const KEY_ID = /^[0-9A-Za-z]{16}$/;
+
+/** The principal of a store key row (as `verify` builds it). */
+function rowPrincipal(row: KeyRow): Principal {
+  return {
+    kind: 'key',
+    tenant: row.tenant_id,
+    keyId: row.id,
+    keyName: row.name,
+    scopes: row.scopes,
+    expiresAt: row.expires_at,
+    ...(row.limits && Object.keys(row.limits).length > 0 ? { limits: row.limits } : {}),
+    ...(row.allowed_cidrs.length > 0 ? { allowedCidrs: row.allowed_cidrs } : {}),
+  };
 }
 
 function sha256(value: string): Buffer {

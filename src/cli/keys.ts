@@ -42,6 +42,7 @@ function keyDetails(key: KeyView): string[] {
     `last used:   ${key.lastUsedAt ?? 'never'}`,
     ...(key.rotatedFrom ? [`rotated from: ${key.rotatedFrom}`] : []),
     ...(Object.keys(key.limits).length ? [`limits:      ${JSON.stringify(key.limits)}`] : []),
+    ...(key.allowedIps.length ? [`allowed IPs: ${key.allowedIps.join(', ')}`] : []),
   ];
 }
 
@@ -64,6 +65,7 @@ interface CreateOptions {
   usdPerDay?: string;
   usdPerMonth?: string;
   models?: string;
+  allowIp?: string;
   json?: boolean;
 }
 
@@ -106,11 +108,15 @@ export function registerKeyCommands(program: Command, withOperations: WithOperat
     .option('--usd-per-day <n>', 'budget: US dollars per UTC day (needs prices in the config)')
     .option('--usd-per-month <n>', 'budget: US dollars per UTC month (needs prices in the config)')
     .option('--models <list>', 'allow only these models (comma list; * is a wildcard)')
+    .option('--allow-ip <list>', 'use only from these addresses or CIDRs (comma list, IPv4 and IPv6)')
     .option('--json', 'print JSON')
     .action(async (opts: CreateOptions) => {
       const scopes = scopesOption(opts.scopes);
       const limits = limitsOptions(opts);
-      const created = unwrap(await withOperations((ops) => ops.createKey({ name: opts.name, scopes, tenant: opts.tenant, expiresIn: opts.expires, limits })));
+      const allowedIps = opts.allowIp?.split(',').map((ip) => ip.trim()).filter(Boolean);
+      const created = unwrap(
+        await withOperations((ops) => ops.createKey({ name: opts.name, scopes, tenant: opts.tenant, expiresIn: opts.expires, limits, allowedIps })),
+      );
       if (opts.json) return printJson(created);
       printLines([
         `Created key ${created.id} (${created.name}) for tenant ${created.tenant} with scopes ${created.scopes.join(', ')}.`,

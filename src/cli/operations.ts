@@ -4,6 +4,10 @@
  * authenticated by the token the server wrote into the data dir. Both end in the same
  * `KeyService`, so behaviour and audit events are identical.
  */
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { TLSSocket } from 'node:tls';
+import { Agent, buildConnector, fetch } from 'undici';
 import type { StoredAuditEvent, TailOptions, VerifyResult } from '../audit/log.js';
 import type { CreateKeyInput, CreatedKey, FailureCode, KeyView, Result, TenantView } from '../auth/key-service.js';
 import { staticPrincipal } from '../auth/verify.js';
@@ -48,7 +52,7 @@ export async function openOperations(config: Config, logger: Logger): Promise<Op
     if (server) {
       const token = readAdminToken(config.dataDir);
       if (!token) throw new CliError(`A server (pid ${server.pid}) holds ${config.dataDir} but its admin token is unreadable; run the CLI as the server's user.`, EXIT.unavailable);
-      return new RemoteOperations(server.adminUrl, token);
+      return new RemoteOperations(server.adminUrl, token, config.tls.admin && config.tls.cert ? readFileSync(config.tls.cert) : undefined);
     }
   }
   return openDirect(config, logger);
@@ -151,26 +155,55 @@ const REMOTE_FAILURE: Record<string, FailureCode> = {
   forbidden: 'forbidden',
 };
 
+/**
+ * A dispatcher that accepts exactly the server's own certificate, whatever its issuer or names:
+ * the CLI reaches the admin listener by address, and knows the certificate from the config.
+ */
+function pinnedDispatcher(certificatePem: Buffer): Agent {
+  const expected = new X509Certificate(certificatePem).fingerprint256;
+  // Chain and name checks are replaced by the pin, which is stricter than both.
+  const connect = buildConnector({ rejectUnauthorized: false });
+  return new Agent({
+    connect(options, callback) {
+      connect(options, (err, socket) => {
+        if (err || !socket) return callback(err ?? new Error('no socket'), null);
+        const presented = (socket as TLSSocket).getPeerCertificate?.().fingerprint256;
+        if (presented !== expected) {
+          socket.destroy();
+          return callback(new Error('the admin listener presented a certificate other than BULWARK_TLS_CERT'), null);
+        }
+        callback(null, socket);
+      });
+    },
+  });
+}
+
 export class RemoteOperations implements Operations {
   readonly via: string;
+  readonly #dispatcher: Agent | undefined;
   constructor(
     private readonly adminUrl: string,
     private readonly token: string,
+    certificatePem?: Buffer,
   ) {
     this.via = `server at ${adminUrl}`;
+    this.#dispatcher = adminUrl.startsWith('https:') && certificatePem ? pinnedDispatcher(certificatePem) : undefined;
   }
 
   async #call<T>(method: string, path: string, body?: unknown, timeoutMs = 15_000): Promise<Result<T>> {
     let response: Response;
     try {
       response = await fetch(new URL(path, this.adminUrl), {
+        ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}),
         method,
         headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
-      throw new CliError(`Cannot reach the running server's admin API at ${this.adminUrl}: ${(err as Error).message}`, EXIT.unavailable);
+      // fetch says only "fetch failed"; the reason (refused, certificate) is its cause.
+      const cause = (err as Error).cause as Error | undefined;
+      throw new CliError(`Cannot reach the running server's admin API at ${this.adminUrl}: ${cause?.message ?? (err as Error).message}`, EXIT.unavailable);
     }
     const payload = (await response.json().catch(() => ({}))) as T & ErrorBody;
     if (response.ok) return { ok: true, value: payload };

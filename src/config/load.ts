@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
-import { ENV_IGNORED, ENV_SETTINGS, type EnvSetting, FileConfigSchema, type LimitSetSchema, type PriceSchema, envNameFor } from './schema.js';
+import { ENV_IGNORED, ENV_SETTINGS, type EnvSetting, type FileConfig, FileConfigSchema, type LimitSetSchema, type PriceSchema, envNameFor } from './schema.js';
 
 type LimitSet = z.infer<typeof LimitSetSchema>;
 type PriceTable = Readonly<Record<string, z.infer<typeof PriceSchema>>>;
@@ -16,8 +16,8 @@ export type Mode = 'development' | 'production';
 
 export interface Config {
   readonly mode: Mode;
-  readonly server: { readonly host: string; readonly port: number };
-  readonly admin: { readonly host: string; readonly port: number };
+  readonly server: { readonly host: string; readonly port: number; readonly publicUrl: string | undefined };
+  readonly admin: { readonly host: string; readonly port: number; readonly ipAllowlist: readonly string[] };
   readonly auth: {
     /** Whether callers must authenticate on the public listener. */
     readonly enabled: boolean;
@@ -53,9 +53,18 @@ export interface Config {
     readonly allowedHosts: readonly string[];
     readonly corsOrigins: readonly string[];
     readonly trustedProxies: readonly string[];
+    readonly forwardedHeader: 'x-forwarded-for' | 'forwarded';
     readonly ipAllowlist: readonly string[];
+    readonly hsts: boolean;
+    readonly bodyLimitBytes: number;
+    readonly llmBodyLimitBytes: number;
+    readonly compressionThresholdBytes: number;
   };
-  readonly tls: { readonly cert: string | undefined; readonly key: string | undefined };
+  readonly tls: { readonly cert: string | undefined; readonly key: string | undefined; readonly admin: boolean };
+  readonly rateLimits: FileConfig['rateLimits'];
+  readonly jwt: FileConfig['jwt'];
+  readonly oidc: FileConfig['oidc'];
+  readonly sessions: FileConfig['sessions'];
   readonly log: { readonly level: string };
   readonly limits: { readonly keys: LimitSet | undefined; readonly tenants: Readonly<Record<string, LimitSet>> };
   readonly prices: PriceTable;
@@ -126,8 +135,8 @@ export function loadConfig(options: LoadOptions = {}): Config {
   const offRequested = file.auth.mode === 'off';
   const config: Config = {
     mode,
-    server: { host: file.server.host ?? (mode === 'production' ? '0.0.0.0' : '127.0.0.1'), port: file.server.port },
-    admin: { host: file.admin.host, port: file.admin.port },
+    server: { host: file.server.host ?? (mode === 'production' ? '0.0.0.0' : '127.0.0.1'), port: file.server.port, publicUrl: file.server.publicUrl },
+    admin: { ...file.admin },
     auth: {
       enabled: !offRequested || file.auth.requireAuth,
       offRequested,
@@ -147,13 +156,12 @@ export function loadConfig(options: LoadOptions = {}): Config {
     upstream: { ...file.upstream },
     credentialsDir: path.resolve(cwd, file.credentialsDir ?? path.join(dataDir, 'credentials')),
     storage: { ...file.storage },
-    http: {
-      allowedHosts: file.http.allowedHosts,
-      corsOrigins: file.http.corsOrigins,
-      trustedProxies: file.http.trustedProxies,
-      ipAllowlist: file.http.ipAllowlist,
-    },
-    tls: { cert: file.tls.cert, key: file.tls.key },
+    http: { ...file.http, corsOrigins: file.http.corsOrigins.map((origin) => new URL(origin).origin) },
+    tls: { cert: file.tls.cert && path.resolve(cwd, file.tls.cert), key: file.tls.key && path.resolve(cwd, file.tls.key), admin: file.tls.admin },
+    rateLimits: file.rateLimits,
+    jwt: { ...file.jwt, privateKeyFile: file.jwt.privateKeyFile && path.resolve(cwd, file.jwt.privateKeyFile) },
+    oidc: file.oidc,
+    sessions: file.sessions,
     log: { level: file.log.level },
     limits: { keys: file.limits.keys, tenants: file.limits.tenants },
     prices: file.prices,

@@ -4,7 +4,8 @@
  * database is reached without TLS, or the credentials directory is open to other users.
  * Development refuses only what is unsafe anywhere: auth off on a non-loopback listener.
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { parse as parseConnectionString } from 'pg-connection-string';
 import type { Config } from './load.js';
 
@@ -67,39 +68,72 @@ export function databaseTlsProblem(url: string): string | undefined {
   return undefined;
 }
 
+/** Why a CIDR or address is not usable, or undefined. Matching lives in security/cidr.ts. */
+export function cidrProblem(value: string): string | undefined {
+  const [address = '', prefix, ...rest] = value.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return `'${value}' is not an IPv4 or IPv6 address or CIDR`;
+  if (prefix === undefined) return undefined;
+  const bits = /^\d{1,3}$/.test(prefix) ? Number(prefix) : Number.NaN;
+  if (!(bits >= 0 && bits <= (family === 4 ? 32 : 128))) return `'${value}' has an invalid prefix length`;
+  return undefined;
+}
+
+/** Problems with settings that protect the HTTP edge, in any mode. */
+function edgeProblems(config: Config): string[] {
+  const problems: string[] = [];
+  for (const [name, list] of [
+    ['BULWARK_TRUSTED_PROXIES', config.http.trustedProxies],
+    ['BULWARK_IP_ALLOWLIST', config.http.ipAllowlist],
+    ['BULWARK_ADMIN_IP_ALLOWLIST', config.admin.ipAllowlist],
+  ] as const) {
+    for (const value of list) {
+      const problem = cidrProblem(value);
+      if (problem) problems.push(`${name}: ${problem}`);
+    }
+  }
+  for (const host of config.http.allowedHosts) {
+    if (!/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:\d{1,5})?$/i.test(host)) problems.push(`BULWARK_ALLOWED_HOSTS: '${host}' is not a host name or host:port`);
+  }
+  if (config.redis.url !== undefined && !/^rediss?:\/\/[^/]/.test(config.redis.url)) problems.push('REDIS_URL: must be a redis:// or rediss:// URL');
+  if ((config.tls.cert === undefined) !== (config.tls.key === undefined)) {
+    problems.push('BULWARK_TLS_CERT and BULWARK_TLS_KEY: set both or neither');
+  }
+  if (config.tls.admin && config.tls.cert === undefined) problems.push('BULWARK_ADMIN_TLS: needs BULWARK_TLS_CERT and BULWARK_TLS_KEY');
+  for (const [name, file] of [
+    ['BULWARK_TLS_CERT', config.tls.cert],
+    ['BULWARK_TLS_KEY', config.tls.key],
+    ['BULWARK_JWT_PRIVATE_KEY_FILE', config.jwt.privateKeyFile],
+  ] as const) {
+    if (file === undefined) continue;
+    try {
+      readFileSync(file);
+    } catch (err) {
+      problems.push(`${name}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  }
+  if (config.jwt.algorithm !== 'HS256' && config.jwt.privateKeyFile === undefined && config.mode === 'production') {
+    problems.push(`BULWARK_JWT_PRIVATE_KEY_FILE: ${config.jwt.algorithm} needs a PKCS#8 private key file in production`);
+  }
+  return problems;
+}
+
 export interface SafetyOptions {
   /** Replaces `fs.statSync` for the credentials directory check. */
   statMode?: (path: string) => number | undefined;
 }
 
-/**
- * Settings the schema already knows but this version does not act on yet. Setting one is
- * refused rather than ignored: an operator who sets an IP allow-list must never believe it
- * protects them while it does nothing.
- */
-const NOT_YET_SUPPORTED: readonly { setting: string; isSet: (c: Config) => boolean }[] = [
-  { setting: 'REDIS_URL', isSet: (c) => c.redis.url !== undefined },
-  { setting: 'BULWARK_ALLOWED_HOSTS', isSet: (c) => c.http.allowedHosts.length > 0 },
-  { setting: 'BULWARK_CORS_ORIGINS', isSet: (c) => c.http.corsOrigins.length > 0 },
-  { setting: 'BULWARK_TRUSTED_PROXIES', isSet: (c) => c.http.trustedProxies.length > 0 },
-  { setting: 'BULWARK_IP_ALLOWLIST', isSet: (c) => c.http.ipAllowlist.length > 0 },
-  { setting: 'BULWARK_TLS_CERT', isSet: (c) => c.tls.cert !== undefined },
-  { setting: 'BULWARK_TLS_KEY', isSet: (c) => c.tls.key !== undefined },
-];
-
 /** Every reason this configuration must not be served. Empty means safe to start. */
 export function safetyProblems(config: Config, options: SafetyOptions = {}): string[] {
   const statMode = options.statMode ?? defaultStatMode;
   const problems: string[] = [];
-  for (const { setting } of NOT_YET_SUPPORTED.filter((s) => s.isSet(config))) {
-    problems.push(`${setting}: not supported by this version yet; refusing to start rather than ignore it`);
-  }
   const listeners = [
     { name: 'BULWARK_HOST', host: config.server.host },
     { name: 'BULWARK_ADMIN_HOST', host: config.admin.host },
   ];
 
   problems.push(...encryptionKeyProblems(config.secrets.encryptionKeys));
+  problems.push(...edgeProblems(config));
   if (config.storage.usageRetentionDays < config.storage.retentionDays) {
     problems.push('BULWARK_USAGE_RETENTION_DAYS: must be at least BULWARK_RETENTION_DAYS (a body cannot outlive its row)');
   }
@@ -141,6 +175,16 @@ export function safetyProblems(config: Config, options: SafetyOptions = {}): str
   ] as const) {
     const parsed = new URL(url);
     if (parsed.protocol !== 'https:' && !isLoopbackHost(parsed.hostname)) problems.push(`${name}: must be https (it carries upstream credentials)`);
+  }
+  if (config.http.allowedHosts.length === 0) {
+    problems.push('BULWARK_ALLOWED_HOSTS: production needs the host names clients use to reach Bulwark (it refuses any other Host header, against DNS rebinding)');
+  }
+  for (const origin of config.http.corsOrigins) {
+    if (!origin.startsWith('https://') && !isLoopbackHost(new URL(origin).hostname)) problems.push(`BULWARK_CORS_ORIGINS: ${origin} must be https in production`);
+  }
+  if (config.redis.url?.startsWith('redis://')) {
+    const host = URL.canParse(config.redis.url) ? new URL(config.redis.url).hostname : '';
+    if (!isLoopbackHost(host)) problems.push('REDIS_URL: a remote Redis must be reached over TLS (rediss://)');
   }
   const tlsProblem = config.database.url ? databaseTlsProblem(config.database.url) : undefined;
   if (tlsProblem) problems.push(`DATABASE_URL: ${tlsProblem}`);

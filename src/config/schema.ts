@@ -42,11 +42,21 @@ export const PriceSchema = z.strictObject({
 export const FileConfigSchema = z.strictObject({
   mode: z.enum(['development', 'production']).optional(),
   server: z
-    .strictObject({ host: nonEmpty.optional(), port: port.default(3000) })
+    .strictObject({
+      host: nonEmpty.optional(),
+      port: port.default(3000),
+      /** The URL clients use to reach the public listener (JWT audience, metadata documents). */
+      publicUrl: z.url().optional(),
+    })
     .default({ port: 3000 }),
   admin: z
-    .strictObject({ host: nonEmpty.default('127.0.0.1'), port: port.default(3001) })
-    .default({ host: '127.0.0.1', port: 3001 }),
+    .strictObject({
+      host: nonEmpty.default('127.0.0.1'),
+      port: port.default(3001),
+      /** CIDRs allowed on the admin listener; empty allows every address that can reach it. */
+      ipAllowlist: z.array(nonEmpty).default([]),
+    })
+    .default({ host: '127.0.0.1', port: 3001, ipAllowlist: [] }),
   auth: z
     .strictObject({
       /** `off` is honoured only in development with every listener on loopback. */
@@ -114,13 +124,107 @@ export const FileConfigSchema = z.strictObject({
     .default({ bodies: false, retentionDays: 30, usageRetentionDays: 400 }),
   http: z
     .strictObject({
+      /** Host header values accepted besides loopback names (DNS rebinding); `name` or `name:port`. */
       allowedHosts: z.array(nonEmpty).default([]),
-      corsOrigins: z.array(nonEmpty).default([]),
+      /** Browser origins (`https://app.example.com`) allowed by CORS and the Origin check. */
+      corsOrigins: z.array(z.url()).default([]),
+      /** CIDRs of proxies whose X-Forwarded-For / Forwarded headers are believed. */
       trustedProxies: z.array(nonEmpty).default([]),
+      /**
+       * The one forwarding header the trusted proxies set. Only one is read: a proxy that appends
+       * to X-Forwarded-For passes a client's own `Forwarded` header through untouched.
+       */
+      forwardedHeader: z.enum(['x-forwarded-for', 'forwarded']).default('x-forwarded-for'),
+      /** CIDRs allowed on the public listener; empty allows every address. */
       ipAllowlist: z.array(nonEmpty).default([]),
+      /** Send Strict-Transport-Security; on by itself when Bulwark serves TLS. */
+      hsts: z.boolean().default(false),
+      bodyLimitBytes: z.number().int().min(1024).max(1 << 30).default(2 * 1024 * 1024),
+      /** `/v1/messages` and `count_tokens` carry images and long contexts. */
+      llmBodyLimitBytes: z.number().int().min(1024).max(1 << 30).default(32 * 1024 * 1024),
+      /** Responses (JSON, HTML) at least this large are compressed when the client accepts it. */
+      compressionThresholdBytes: z.number().int().min(0).default(512),
     })
-    .default({ allowedHosts: [], corsOrigins: [], trustedProxies: [], ipAllowlist: [] }),
-  tls: z.strictObject({ cert: nonEmpty.optional(), key: nonEmpty.optional() }).default({}),
+    .default({
+      allowedHosts: [],
+      corsOrigins: [],
+      trustedProxies: [],
+      forwardedHeader: 'x-forwarded-for',
+      ipAllowlist: [],
+      hsts: false,
+      bodyLimitBytes: 2 * 1024 * 1024,
+      llmBodyLimitBytes: 32 * 1024 * 1024,
+      compressionThresholdBytes: 512,
+    }),
+  tls: z
+    .strictObject({
+      cert: nonEmpty.optional(),
+      key: nonEmpty.optional(),
+      /** Serve the admin listener over HTTPS too (the CLI then pins the certificate). */
+      admin: z.boolean().default(false),
+    })
+    .default({ admin: false }),
+  /** Requests per minute, enforced through the shared limiter (Redis when REDIS_URL is set). */
+  rateLimits: z
+    .strictObject({
+      /** Per client address, before authentication. */
+      ipPerMinute: count.default(1200),
+      /** Per key, by the kind of request: reads (GET), writes, the admin listener, /v1 calls. */
+      keyPerMinute: z
+        .strictObject({ read: count.default(100), write: count.default(50), admin: count.default(200), llm: count.optional() })
+        .default({ read: 100, write: 50, admin: 200 }),
+      /** Per tenant, across its keys; unlimited unless set. */
+      tenantPerMinute: z
+        .strictObject({ read: count.optional(), write: count.optional(), admin: count.optional(), llm: count.optional() })
+        .default({}),
+      /** Per key, for one route family (a path prefix). */
+      routes: z.array(z.strictObject({ prefix: z.string().regex(/^\/[A-Za-z0-9_./-]*$/, 'must be a path'), perMinute: count })).default([]),
+      lockout: z
+        .strictObject({
+          /** Authentication failures from one address within the window that lock it out. */
+          failures: count.default(10),
+          windowSeconds: count.default(300),
+          /** The first lockout; each repeat within a day doubles it, up to the maximum. */
+          lockSeconds: count.default(300),
+          maxLockSeconds: count.default(86_400),
+        })
+        .default({ failures: 10, windowSeconds: 300, lockSeconds: 300, maxLockSeconds: 86_400 }),
+    })
+    .default({
+      ipPerMinute: 1200,
+      keyPerMinute: { read: 100, write: 50, admin: 200 },
+      tenantPerMinute: {},
+      routes: [],
+      lockout: { failures: 10, windowSeconds: 300, lockSeconds: 300, maxLockSeconds: 86_400 },
+    }),
+  /** Short-lived tokens from POST /auth/token. */
+  jwt: z
+    .strictObject({
+      algorithm: z.enum(['HS256', 'ES256', 'EdDSA']).default('HS256'),
+      /** PKCS#8 PEM file with the signing key for ES256 / EdDSA. */
+      privateKeyFile: nonEmpty.optional(),
+      issuer: nonEmpty.optional(),
+      audience: nonEmpty.optional(),
+      ttlSeconds: z.number().int().min(60).max(86_400).default(3600),
+    })
+    .default({ algorithm: 'HS256', ttlSeconds: 3600 }),
+  /** Access tokens from the operators' own identity provider, verified against its JWKS. */
+  oidc: z
+    .strictObject({
+      issuer: nonEmpty,
+      audience: nonEmpty,
+      jwksUrl: z.url(),
+      scopesClaim: nonEmpty.default('scope'),
+      /** Provider scope → Bulwark scopes; provider scopes not listed grant nothing. */
+      scopeMap: z.record(nonEmpty, z.array(scope)).default({}),
+      tenantClaim: nonEmpty.optional(),
+      defaultTenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'is not a tenant id').default('default'),
+    })
+    .optional(),
+  /** Cookie sessions of the admin listener's browser pages. */
+  sessions: z
+    .strictObject({ idleMinutes: count.max(24 * 60).default(60), absoluteHours: count.max(24 * 30).default(12) })
+    .default({ idleMinutes: 60, absoluteHours: 12 }),
   /** Limits for /v1 calls: `keys` applies to every key without limits of its own; `tenants` per tenant. */
   limits: z
     .strictObject({ keys: LimitSetSchema.optional(), tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'is not a tenant id'), LimitSetSchema).default({}) })
@@ -149,8 +253,10 @@ export const ENV_SETTINGS: readonly EnvSetting[] = [
   { env: 'BULWARK_MODE', path: ['mode'], kind: 'mode' },
   { env: 'BULWARK_HOST', path: ['server', 'host'], kind: 'string' },
   { env: 'BULWARK_PORT', path: ['server', 'port'], kind: 'int' },
+  { env: 'BULWARK_PUBLIC_URL', path: ['server', 'publicUrl'], kind: 'string' },
   { env: 'BULWARK_ADMIN_HOST', path: ['admin', 'host'], kind: 'string' },
   { env: 'BULWARK_ADMIN_PORT', path: ['admin', 'port'], kind: 'int' },
+  { env: 'BULWARK_ADMIN_IP_ALLOWLIST', path: ['admin', 'ipAllowlist'], kind: 'list' },
   { env: 'BULWARK_AUTH', path: ['auth', 'mode'], kind: 'auth' },
   { env: 'BULWARK_REQUIRE_AUTH', path: ['auth', 'requireAuth'], kind: 'bool' },
   { env: 'BULWARK_DATA_DIR', path: ['dataDir'], kind: 'string' },
@@ -171,9 +277,23 @@ export const ENV_SETTINGS: readonly EnvSetting[] = [
   { env: 'BULWARK_ALLOWED_HOSTS', path: ['http', 'allowedHosts'], kind: 'list' },
   { env: 'BULWARK_CORS_ORIGINS', path: ['http', 'corsOrigins'], kind: 'list' },
   { env: 'BULWARK_TRUSTED_PROXIES', path: ['http', 'trustedProxies'], kind: 'list' },
+  { env: 'BULWARK_FORWARDED_HEADER', path: ['http', 'forwardedHeader'], kind: 'string' },
   { env: 'BULWARK_IP_ALLOWLIST', path: ['http', 'ipAllowlist'], kind: 'list' },
+  { env: 'BULWARK_HSTS', path: ['http', 'hsts'], kind: 'bool' },
+  { env: 'BULWARK_BODY_LIMIT_BYTES', path: ['http', 'bodyLimitBytes'], kind: 'int' },
+  { env: 'BULWARK_LLM_BODY_LIMIT_BYTES', path: ['http', 'llmBodyLimitBytes'], kind: 'int' },
   { env: 'BULWARK_TLS_CERT', path: ['tls', 'cert'], kind: 'string' },
   { env: 'BULWARK_TLS_KEY', path: ['tls', 'key'], kind: 'string' },
+  { env: 'BULWARK_ADMIN_TLS', path: ['tls', 'admin'], kind: 'bool' },
+  { env: 'BULWARK_RATE_LIMIT_IP', path: ['rateLimits', 'ipPerMinute'], kind: 'int' },
+  { env: 'BULWARK_RATE_LIMIT_READ', path: ['rateLimits', 'keyPerMinute', 'read'], kind: 'int' },
+  { env: 'BULWARK_RATE_LIMIT_WRITE', path: ['rateLimits', 'keyPerMinute', 'write'], kind: 'int' },
+  { env: 'BULWARK_RATE_LIMIT_ADMIN', path: ['rateLimits', 'keyPerMinute', 'admin'], kind: 'int' },
+  { env: 'BULWARK_RATE_LIMIT_LLM', path: ['rateLimits', 'keyPerMinute', 'llm'], kind: 'int' },
+  { env: 'BULWARK_LOCKOUT_FAILURES', path: ['rateLimits', 'lockout', 'failures'], kind: 'int' },
+  { env: 'BULWARK_JWT_ALGORITHM', path: ['jwt', 'algorithm'], kind: 'string' },
+  { env: 'BULWARK_JWT_PRIVATE_KEY_FILE', path: ['jwt', 'privateKeyFile'], kind: 'string' },
+  { env: 'BULWARK_JWT_TTL_SECONDS', path: ['jwt', 'ttlSeconds'], kind: 'int' },
   { env: 'BULWARK_LOG_LEVEL', path: ['log', 'level'], kind: 'string' },
   { env: 'BULWARK_ALERT_WEBHOOK_URL', path: ['alerts', 'webhookUrl'], kind: 'string', secret: true },
   { env: 'BULWARK_SLACK_WEBHOOK_URL', path: ['alerts', 'slackWebhookUrl'], kind: 'string', secret: true },

@@ -1,22 +1,41 @@
 /**
  * Assembles Bulwark's two Hono apps. This file is where the request pipeline's order lives
- * (DESIGN.md): request id → access log → [protection layers] → authentication → authorization
- * → route. Public routes that need no credential are registered before `authenticate`; every
- * other route is behind it, so a route added later is authenticated unless moved up here.
+ * (DESIGN.md): request id → client address → access log → compression → security headers →
+ * IP allow-list → [health] → Host / Origin (DNS rebinding) → CORS → body limit → per-address
+ * rate limit and lockout → authentication → per-key IP allow-list → per-key/tenant/route rate
+ * limit → authorization → route. Public routes that need no credential are registered before
+ * `authenticate`; every other route is behind it, so a route added later is authenticated
+ * unless moved up here.
  */
-import { Hono } from 'hono';
+import { type Context, Hono } from 'hono';
 import { authenticate, requireScope } from '../auth/middleware.js';
 import { anthropicErrors, proxyRoutes } from '../proxy/routes.js';
+import { bodyLimit } from '../security/body-limit.js';
+import { clientAddress } from '../security/client-ip.js';
+import { compress } from '../security/compress.js';
+import { cors } from '../security/cors.js';
+import { csrfProtection } from '../security/csrf.js';
+import { securityHeaders } from '../security/headers.js';
+import { hostCheck, originCheck } from '../security/host.js';
+import { ipAllowlist, keyIpAllowlist } from '../security/ip-allowlist.js';
+import { ipRateLimit, principalRateLimit } from '../security/rate-limit.js';
 import { accessLog } from './access-log.js';
+import { clientIp } from './client-info.js';
 import type { BulwarkEnv } from './context.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { requestId } from './request-id.js';
 import { adminApiRoutes } from './routes/admin-api.js';
+import { authTokenRoutes, jwksRoutes } from './routes/auth-token.js';
 import { healthRoutes, readinessRoutes } from './routes/health.js';
+import { loginRoutes, sessionAuth, sessionCsrfToken } from './routes/login.js';
 import { whoamiRoutes } from './routes/whoami.js';
 import type { Runtime } from './runtime.js';
 
-function baseApp(runtime: Runtime, listener: 'public' | 'admin', authDisabled: boolean): Hono<BulwarkEnv> {
+type Listener = 'public' | 'admin';
+
+/** Everything before the listener's own public routes: identification, logging, headers, address checks. */
+function baseApp(runtime: Runtime, listener: Listener): Hono<BulwarkEnv> {
+  const { config } = runtime;
   const app = new Hono<BulwarkEnv>();
   app.onError(
     errorHandler((err, c) => {
@@ -25,56 +44,119 @@ function baseApp(runtime: Runtime, listener: 'public' | 'admin', authDisabled: b
   );
   app.notFound(notFoundHandler);
   app.use('*', requestId());
-  app.use('*', accessLog({ logger: runtime.logger, listener, authDisabled }));
+  // Anthropic-compatible routes answer every error, the protection layers' included, in Anthropic's shape.
+  if (listener === 'public') app.use('/v1/*', anthropicErrors());
+  app.use('*', clientAddress({ trustedProxies: config.http.trustedProxies, source: config.http.forwardedHeader }));
+  // The admin listener's lines carry the auth-off warning too: the deployment as a whole runs with the public side open.
+  app.use('*', accessLog({ logger: runtime.logger, listener, authDisabled: !config.auth.enabled }));
+  app.use('*', compress({ thresholdBytes: config.http.compressionThresholdBytes }));
+  const tls = listener === 'public' ? config.tls.cert !== undefined : config.tls.admin;
+  app.use('*', securityHeaders({ hsts: config.http.hsts || tls }));
+  app.use('*', ipAllowlist({ allow: listener === 'public' ? config.http.ipAllowlist : config.admin.ipAllowlist, audit: runtime.audit, listener }));
   return app;
+}
+
+/** Host and Origin checks, body limit, per-address limits: the layers every non-health route passes before authentication. */
+function edge(app: Hono<BulwarkEnv>, runtime: Runtime, listener: Listener): void {
+  const { config, audit } = runtime;
+  // Loopback names are always accepted: a DNS-rebinding page sends its own host name, never these.
+  app.use('*', hostCheck({ allowedHosts: config.http.allowedHosts, allowLoopback: true, audit }));
+  // The admin listener's pages are same-origin only; no other site may drive them.
+  app.use('*', originCheck({ allowedOrigins: listener === 'public' ? config.http.corsOrigins : [], audit }));
+  if (listener === 'public') app.use('*', cors({ origins: config.http.corsOrigins }));
+  app.use(
+    '*',
+    bodyLimit({
+      defaultBytes: config.http.bodyLimitBytes,
+      ...(listener === 'public' ? { routes: [{ prefix: '/v1/messages', bytes: config.http.llmBodyLimitBytes }] } : {}),
+    }),
+  );
+  app.use('*', ipRateLimit({ limiter: runtime.rateLimiter.limiter, perMinute: config.rateLimits.ipPerMinute, lockout: runtime.authFailures, audit, clientIp }));
+}
+
+/** After authentication: the key's own address list, then its request limits. */
+function afterAuthentication(app: Hono<BulwarkEnv>, runtime: Runtime, listener: Listener): void {
+  const { config, audit } = runtime;
+  app.use('*', keyIpAllowlist({ audit }));
+  app.use(
+    '*',
+    principalRateLimit({
+      limiter: runtime.rateLimiter.limiter,
+      rules: { key: config.rateLimits.keyPerMinute, tenant: config.rateLimits.tenantPerMinute, routes: config.rateLimits.routes },
+      // /v1 calls are `llm` (their token and budget limits live in the proxy); the admin listener is `admin`.
+      classify: (c) => (listener === 'admin' ? 'admin' : c.req.path.startsWith('/v1/') ? 'llm' : c.req.method === 'GET' || c.req.method === 'HEAD' ? 'read' : 'write'),
+      audit,
+      clientIp,
+    }),
+  );
 }
 
 /** The public listener: LLM proxy, MCP, agent API and health. */
 export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
-  const authRequired = runtime.config.auth.enabled;
-  const app = baseApp(runtime, 'public', !authRequired);
+  const { config, audit } = runtime;
+  const app = baseApp(runtime, 'public');
 
-  // Public without a credential: exactly these.
+  // Public without a credential: exactly these. Health answers load balancers whatever Host they send.
   app.route('/', healthRoutes());
+  edge(app, runtime, 'public');
+  if (runtime.jwtIssuer) app.route('/', jwksRoutes(runtime.jwtIssuer));
 
-  // Anthropic-compatible routes answer errors (including authentication's) in Anthropic's shape.
-  app.use('/v1/*', anthropicErrors());
-  app.use('*', authenticate({ verifier: runtime.publicVerifier, audit: runtime.audit, required: authRequired }));
+  app.use(
+    '*',
+    authenticate({
+      verifier: runtime.publicVerifier,
+      tokenVerifiers: runtime.tokenVerifiers,
+      audit,
+      required: config.auth.enabled,
+      onFailure: (ip, c) => runtime.authFailures.recordFailure(ip, c),
+    }),
+  );
+  afterAuthentication(app, runtime, 'public');
   app.route('/', whoamiRoutes());
+  if (runtime.jwtIssuer) app.route('/', authTokenRoutes({ issuer: runtime.jwtIssuer, audit }));
   app.route(
     '/',
     proxyRoutes({
       ledger: runtime.ledger,
       subjectsFor: (principal) => runtime.subjectsFor(principal),
-      prices: runtime.config.prices,
+      prices: config.prices,
       upstream: runtime.upstream,
       credentials: runtime.credentials,
       oauth: runtime.oauth,
       requestLog: runtime.requestLog,
-      audit: runtime.audit,
-      allowPaths: runtime.config.upstream.allowPaths,
-      storeBodies: runtime.config.storage.bodies ? runtime.keyRing : undefined,
+      audit,
+      allowPaths: config.upstream.allowPaths,
+      storeBodies: config.storage.bodies ? runtime.keyRing : undefined,
       metrics: runtime.metrics,
-      stallTimeoutMs: runtime.config.upstream.idleTimeoutMs,
+      stallTimeoutMs: config.upstream.idleTimeoutMs,
     }),
   );
   return app;
 }
 
-/** The admin listener: admin API and readiness. Always authenticated, even with BULWARK_AUTH=off. */
+/** The admin listener: browser sign-in, admin API, metrics and readiness. Always authenticated, even with BULWARK_AUTH=off. */
 export function createAdminApp(runtime: Runtime): Hono<BulwarkEnv> {
-  // The admin listener always authenticates, but its lines carry the warning too: the
-  // deployment as a whole is running with the public side open.
-  const app = baseApp(runtime, 'admin', !runtime.config.auth.enabled);
+  const { config, audit } = runtime;
+  const app = baseApp(runtime, 'admin');
 
   app.route('/', readinessRoutes(runtime.database));
+  edge(app, runtime, 'admin');
 
-  app.use('*', authenticate({ verifier: runtime.adminVerifier, audit: runtime.audit, required: true }));
+  // Browsers refuse `__Host-` cookies without Secure, and Secure cookies need HTTPS.
+  const sessionOptions = { sessions: runtime.sessions, keyStillValid: (id: string) => runtime.keyStillValid(id), audit, secureCookies: config.tls.admin };
+  // Sign-in comes before the session check, so a stale cookie cannot stand in the way of a new login.
+  const onFailure = (ip: string | undefined, c: Context) => runtime.authFailures.recordFailure(ip, c);
+  app.route('/', loginRoutes({ ...sessionOptions, verifier: runtime.adminVerifier, onFailure }));
+  app.use('*', sessionAuth(sessionOptions));
+  app.use('*', authenticate({ verifier: runtime.adminVerifier, audit, required: true, onFailure }));
+  // Cookie-authenticated changes need the session's CSRF token; header credentials are not ambient and pass.
+  app.use('*', csrfProtection({ getExpectedToken: sessionCsrfToken, audit }));
+  afterAuthentication(app, runtime, 'admin');
   // Prometheus scrapers get a key with just the `metrics` scope; everything else needs `admin`.
-  app.get('/metrics', requireScope(['metrics', 'admin'], { audit: runtime.audit }), (c) =>
+  app.get('/metrics', requireScope(['metrics', 'admin'], { audit }), (c) =>
     c.text(runtime.metrics.render(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }),
   );
-  app.use('*', requireScope('admin', { audit: runtime.audit }));
-  app.route('/', adminApiRoutes({ keyService: runtime.keyService, proxyManagement: runtime.proxyManagement, auditReader: runtime.auditReader, audit: runtime.audit }));
+  app.use('*', requireScope('admin', { audit }));
+  app.route('/', adminApiRoutes({ keyService: runtime.keyService, proxyManagement: runtime.proxyManagement, auditReader: runtime.auditReader, audit }));
   return app;
 }

@@ -1,7 +1,8 @@
 /**
  * Facts about the caller that middleware and audit events need. Node-specific: reads the socket
- * through @hono/node-server's bindings. Trusted-proxy handling of X-Forwarded-For belongs to the
- * IP allow-list layer; until it runs, the socket address is the only address believed.
+ * through @hono/node-server's bindings. `clientAddress` (security/client-ip.ts) decides the
+ * client's address once, believing forwarding headers only from trusted proxies; before it
+ * runs, the socket address is the only address believed.
  */
 import type { Context } from 'hono';
 
@@ -9,9 +10,15 @@ interface NodeBindings {
   incoming?: { socket?: { remoteAddress?: string } };
 }
 
-export function clientIp(c: Context): string | undefined {
+/** The peer of the TCP connection: the client, or a proxy in front of Bulwark. */
+export function socketAddress(c: Context): string | undefined {
   const address = (c.env as NodeBindings | undefined)?.incoming?.socket?.remoteAddress;
   return address?.replace(/^::ffff:/, '');
+}
+
+/** The client's address as `clientAddress` resolved it, else the socket's. */
+export function clientIp(c: Context): string | undefined {
+  return (c.get('clientIp') as string | undefined) ?? socketAddress(c);
 }
 
 export function requestPath(c: Context): string {

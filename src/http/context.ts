@@ -4,6 +4,7 @@
  */
 import type { Principal } from '../auth/principal.js';
 import type { Logger } from './logger.js';
+import type { AuthMethod, SessionContext } from './routes/login.js';
 
 export interface BulwarkVariables {
   requestId: string;
@@ -16,6 +17,14 @@ export interface BulwarkVariables {
   sentStatus: number | undefined;
   /** Set on `/v1/*`: errors are written in Anthropic's shape instead of Bulwark's envelope. */
   errorFormat: 'anthropic' | undefined;
+  /** The client's address: the socket's, or from a trusted proxy's forwarding headers. */
+  clientIp: string | undefined;
+  /** The most bytes this request's body may have, chosen by path. */
+  bodyLimit: number;
+  /** How the principal was established: a header credential, or the admin listener's cookie session. */
+  authMethod: AuthMethod | undefined;
+  /** The cookie session behind the principal, when `authMethod` is `session`. */
+  session: SessionContext | undefined;
 }
 
 export interface BulwarkEnv {

@@ -30,6 +30,10 @@ import type { CredentialResolver } from '../proxy/routes.js';
 import { Upstream } from '../proxy/upstream.js';
 import { KeyRing } from '../store/crypto.js';
 import { prepareDataDir, writePrivateFile } from '../store/data-dir.js';
+import { type JwtAlgorithm, type JwtIssuer, type TokenVerifier, bulwarkTokenVerifier, createBulwarkJwt, generateJwtSigningMaterial, oidcVerifier } from '../auth/jwt.js';
+import { DatabaseSessionStore, type SessionStore, keyStillValidInStore } from '../auth/sessions.js';
+import { type AuthFailureTracker, authFailureTracker } from '../security/rate-limit.js';
+import { MemoryRateLimiter, type RateLimiterRuntime } from '../security/rate-limiter.js';
 import type { Logger } from './logger.js';
 
 export interface Runtime {
@@ -61,6 +65,18 @@ export interface Runtime {
   readonly adminVerifier: KeyVerifier;
   /** The running server's admin token (random per start), written to the data dir for the CLI. */
   readonly adminToken: string;
+  /** Counters for rate limits and lockouts: in process, or shared through Redis. */
+  readonly rateLimiter: RateLimiterRuntime;
+  /** Authentication failures per address, and the lockouts they lead to. */
+  readonly authFailures: AuthFailureTracker;
+  /** Signs the JWTs of POST /auth/token; absent in production without BULWARK_JWT_SECRET / a key file. */
+  readonly jwtIssuer: JwtIssuer | undefined;
+  /** Bearer tokens the public listener accepts besides keys: Bulwark JWTs, then OIDC tokens. */
+  readonly tokenVerifiers: readonly TokenVerifier[];
+  /** The admin listener's cookie sessions. */
+  readonly sessions: SessionStore;
+  /** Whether the key behind a session may still be used (checked on every session request). */
+  keyStillValid(keyId: string): Promise<boolean>;
   readonly startedAt: Date;
   audit(event: AuditEventInput): void;
   /** Writes everything queued now (audit events, last-used times); rejects while the database is away. */
@@ -82,6 +98,10 @@ export interface RuntimeOptions {
   adminToken?: string;
   /** Write-behind flush interval; tests shorten it. */
   flushIntervalMs?: number;
+  /** The shared limiter (Redis); without it, counts stay in this process. */
+  rateLimiter?: RateLimiterRuntime;
+  /** Passed in when something built before the runtime (the Redis limiter) reports into it. */
+  metrics?: Metrics;
 }
 
 export function keyPrefixFor(config: Config): KeyPrefix {
@@ -97,7 +117,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const hasher = createKeyHasher(config.secrets.keyHashSecret);
   const anchorFile = path.join(config.dataDir, 'audit-head.json');
   const auditLog = new AuditLog(database.db, { spoolDir, anchorFile, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
-  const metrics = new Metrics();
+  const metrics = options.metrics ?? new Metrics();
   const audit = (event: AuditEventInput) => {
     auditLog.record(event);
     metrics.inc('bulwark_audit_events_total', 'Audit events recorded, by type and outcome (auth failures, denials, refused limits, …).', { type: event.type, outcome: event.outcome });
@@ -223,6 +243,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     metrics.set('bulwark_uptime_seconds', 'Seconds since this process started serving.', {}, Math.round(process.uptime()));
   });
 
+  const sessions = new DatabaseSessionStore({
+    db: database.db,
+    idleTimeoutMs: config.sessions.idleMinutes * 60_000,
+    absoluteTimeoutMs: config.sessions.absoluteHours * 3_600_000,
+  });
   const keyService = new KeyService({
     keys,
     tenants,
@@ -232,8 +257,19 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     onKeyInvalidated: (id) => {
       publicVerifier.invalidate(id);
       adminVerifier.invalidate(id);
+      // Other instances stop a revoked key's sessions through keyStillValid; this ends them here and now.
+      sessions.destroyForKey(id).catch((err: unknown) => logger.warn({ keyId: id, error: (err as Error).message }, 'could not end the sessions of an invalidated key'));
     },
   });
+
+  const rateLimiter = options.rateLimiter ?? { limiter: new MemoryRateLimiter('bulwark:rl'), backend: 'memory' as const, close: async () => {} };
+  const authFailures = authFailureTracker({ limiter: rateLimiter.limiter, audit, ...config.rateLimits.lockout });
+  const jwt = jwtFor(config, logger);
+  const tokenVerifiers: TokenVerifier[] = [
+    ...(jwt ? [bulwarkTokenVerifier({ jwt: jwt.verifier, keys: publicVerifier })] : []),
+    ...(config.oidc ? [oidcVerifier({ ...config.oidc })] : []),
+  ];
+  const staticKeyIds = ['admin-token', ...(config.secrets.adminKey ? ['admin-key'] : []), ...(config.bootstrapKey.key ? ['bootstrap'] : [])];
 
   const proxyManagement = new ProxyManagement({
     db: database.db,
@@ -269,6 +305,12 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     publicVerifier,
     adminVerifier,
     adminToken,
+    rateLimiter,
+    authFailures,
+    jwtIssuer: jwt?.issuer,
+    tokenVerifiers,
+    sessions,
+    keyStillValid: keyStillValidInStore({ keys, staticKeyIds }),
     startedAt: new Date(),
     audit,
     async flush() {
@@ -277,7 +319,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     async stop() {
       fileCredentials.stop();
       await alerter.settled();
-      await upstream.close();
+      await Promise.all([upstream.close(), rateLimiter.close()]);
     },
     abandon() {
       return auditLog.abandon() + lastUsed.abandon() + requestLog.abandon();
@@ -300,17 +342,42 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 export function keyRingFor(config: Config, logger?: Logger): KeyRing {
   if (config.secrets.encryptionKeys.length > 0) return KeyRing.fromConfig(config.secrets.encryptionKeys);
   if (config.mode === 'production') throw new Error('BULWARK_ENCRYPTION_KEYS: production needs at least one encryption key');
-  const file = path.join(config.dataDir, 'development-encryption.key');
-  let key: string;
+  const key = developmentMaterial(config, 'development-encryption.key', () => randomBytes(32).toString('base64'), logger,
+    'no BULWARK_ENCRYPTION_KEYS set: generated a development encryption key in the data dir (production refuses to start without configured keys)');
+  return KeyRing.fromConfig([key]);
+}
+
+/**
+ * The JWT signer and verifier for POST /auth/token. Configured material wins; development
+ * without any generates it into the data dir (mode 600) so tokens survive a restart; production
+ * without any has no JWT exchange (the route is not served).
+ */
+function jwtFor(config: Config, logger?: Logger): ReturnType<typeof createBulwarkJwt> | undefined {
+  const { algorithm } = config.jwt;
+  const issuer = config.jwt.issuer ?? config.server.publicUrl ?? 'bulwark';
+  const audience = config.jwt.audience ?? config.server.publicUrl ?? 'bulwark';
+  const build = (material: string) =>
+    createBulwarkJwt({ algorithm, issuer, audience, ttlSeconds: config.jwt.ttlSeconds, ...(algorithm === 'HS256' ? { secret: material } : { privateKeyPem: material }) });
+  if (algorithm === 'HS256' && config.secrets.jwtSecret) return build(config.secrets.jwtSecret);
+  if (algorithm !== 'HS256' && config.jwt.privateKeyFile) return build(readFileSync(config.jwt.privateKeyFile, 'utf8'));
+  if (config.mode === 'production') return undefined;
+  const material = developmentMaterial(config, `development-jwt-${algorithm.toLowerCase()}.key`, () => generateJwtSigningMaterial(algorithm as JwtAlgorithm), logger,
+    'no JWT signing material configured: generated a development one in the data dir (production serves no /auth/token without BULWARK_JWT_SECRET or BULWARK_JWT_PRIVATE_KEY_FILE)');
+  return build(material);
+}
+
+/** Development-only secret material kept in the data dir (mode 600), made on first use. */
+function developmentMaterial(config: Config, name: string, generate: () => string, logger: Logger | undefined, warning: string): string {
+  const file = path.join(config.dataDir, name);
   try {
-    key = readFileSync(file, 'utf8').trim();
+    return readFileSync(file, 'utf8').trim();
   } catch {
     prepareDataDir(config.dataDir);
-    key = randomBytes(32).toString('base64');
-    writePrivateFile(file, `${key}\n`);
-    logger?.warn({ file }, 'no BULWARK_ENCRYPTION_KEYS set: generated a development encryption key in the data dir (production refuses to start without configured keys)');
+    const material = generate();
+    writePrivateFile(file, `${material}\n`);
+    logger?.warn({ file }, warning);
+    return material;
   }
-  return KeyRing.fromConfig([key]);
 }
 
 /** Creates the default tenant so the first key has somewhere to live. */

@@ -4,8 +4,10 @@
  * data dir, audits the start, and on shutdown stops accepting, drains queued writes and
  * closes the database. Node-specific.
  */
-import type { AddressInfo } from 'node:net';
+import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import type { Hono } from 'hono';
 import { DEFAULT_TENANT } from '../auth/principal.js';
@@ -19,6 +21,8 @@ import { createAdminApp, createPublicApp } from './app.js';
 import type { BulwarkEnv } from './context.js';
 import type { Logger } from './logger.js';
 import { type Runtime, createRuntime, ensureDefaultTenant } from './runtime.js';
+import { Metrics } from '../monitor/metrics.js';
+import { type RateLimiterRuntime, createRateLimiter } from '../security/rate-limiter.js';
 
 /** A start-up failure with the process exit code it deserves (sysexits.h). */
 export class StartupError extends Error {
@@ -85,8 +89,13 @@ export async function startServer(config: Config, options: StartOptions): Promis
     throw new StartupError(`Cannot migrate the database: ${(err as Error).message}`, EXIT_UNAVAILABLE);
   }
 
-  const runtime = createRuntime({ config, logger, database, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  const metrics = new Metrics();
+  const rateLimiter = await sharedRateLimiter(config, logger, metrics);
+  const runtime = createRuntime({ config, logger, database, metrics, rateLimiter, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
   runtime.replaySpools();
+  // Sessions opened with the admin token, admin key or bootstrap key do not outlive the process
+  // that held them: those credentials are replaced or re-read at every start.
+  await Promise.all(['admin-token', 'admin-key', 'bootstrap'].map((id) => runtime.sessions.destroyForKey(id)));
   runtime.fileCredentials.start();
   await ensureDefaultTenant(runtime);
 
@@ -94,12 +103,14 @@ export async function startServer(config: Config, options: StartOptions): Promis
   let publicUrl: string;
   let adminUrl: string;
   try {
-    const publicServer = await listen(createPublicApp(runtime), config.server.host, config.server.port, 'BULWARK_PORT');
+    const tls = config.tls.cert && config.tls.key ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
+    const adminTls = config.tls.admin ? tls : undefined;
+    const publicServer = await listen(createPublicApp(runtime), config.server.host, config.server.port, 'BULWARK_PORT', tls);
     servers.push(publicServer);
-    const adminServer = await listen(createAdminApp(runtime), config.admin.host, config.admin.port, 'BULWARK_ADMIN_PORT');
+    const adminServer = await listen(createAdminApp(runtime), config.admin.host, config.admin.port, 'BULWARK_ADMIN_PORT', adminTls);
     servers.push(adminServer);
-    publicUrl = urlOf(publicServer, config.server.host);
-    adminUrl = urlOf(adminServer, config.admin.host);
+    publicUrl = urlOf(publicServer, config.server.host, Boolean(tls));
+    adminUrl = urlOf(adminServer, config.admin.host, Boolean(adminTls));
   } catch (err) {
     await Promise.all(servers.map(closeServer));
     await runtime.drain(1_000);
@@ -150,6 +161,10 @@ export async function startServer(config: Config, options: StartOptions): Promis
   runPurge();
   const purgeTimer = setInterval(runPurge, 3_600_000);
   purgeTimer.unref();
+  const sessionPurgeTimer = setInterval(() => {
+    runtime.sessions.purgeExpired().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'expired sessions could not be purged; will try again'));
+  }, 600_000);
+  sessionPurgeTimer.unref();
 
   let closing: Promise<void> | undefined;
   return {
@@ -159,6 +174,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
     close() {
       closing ??= (async () => {
         clearInterval(purgeTimer);
+        clearInterval(sessionPurgeTimer);
         await Promise.all(servers.map(closeServer));
         runtime.audit({ type: 'server.stopped', outcome: 'info', details: { version: VERSION } });
         const unwritten = await runtime.drain(5_000);
@@ -173,8 +189,50 @@ export async function startServer(config: Config, options: StartOptions): Promis
   };
 }
 
-function listen(app: Hono<BulwarkEnv>, host: string, port: number, setting: string): Promise<Server> {
-  const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+/**
+ * The rate limiter: Redis when REDIS_URL is set, so every instance counts together. When Redis
+ * cannot answer, each call is counted in this process instead — limits keep holding, per
+ * instance — which is logged once per outage and counted in a metric.
+ */
+async function sharedRateLimiter(config: Config, logger: Logger, metrics: Metrics): Promise<RateLimiterRuntime> {
+  let degraded = false;
+  return createRateLimiter({
+    redisUrl: config.redis.url,
+    // Instances share counters when they share a database schema: the same deployment.
+    prefix: `bulwark:rl:${config.database.schema}`,
+    onFallback: (err) => {
+      metrics.inc('bulwark_rate_limit_fallbacks_total', 'Rate-limit decisions made in process because Redis could not answer.', {});
+      if (degraded) return;
+      degraded = true;
+      logger.warn({ error: (err as Error).message }, 'Redis is unreachable: rate limits are counted per instance until it is back');
+    },
+    onRecover: () => {
+      degraded = false;
+      logger.info('Redis is back: rate limits are shared again');
+    },
+  });
+}
+
+/**
+ * TLS 1.2 at least; for 1.2, only forward-secret AEAD suites (Mozilla's "intermediate" list).
+ * TLS 1.3's suites are all modern and left to OpenSSL's defaults.
+ */
+const TLS12_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+function listen(app: Hono<BulwarkEnv>, host: string, port: number, setting: string, tls?: { cert: Buffer; key: Buffer }): Promise<Server> {
+  const server = createAdaptorServer({
+    fetch: app.fetch,
+    ...(tls
+      ? { createServer: createHttpsServer, serverOptions: { cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' as const, ciphers: TLS12_CIPHERS, honorCipherOrder: true } }
+      : {}),
+  }) as Server;
   // Slow-client protection: Node's defaults, made explicit.
   server.headersTimeout = 60_000;
   server.requestTimeout = 300_000;
@@ -187,10 +245,10 @@ function listen(app: Hono<BulwarkEnv>, host: string, port: number, setting: stri
   });
 }
 
-function urlOf(server: Server, host: string): string {
+function urlOf(server: Server, host: string, tls: boolean): string {
   const { port } = server.address() as AddressInfo;
   const shown = host.includes(':') ? `[${host}]` : host;
-  return `http://${shown}:${port}`;
+  return `${tls ? 'https' : 'http'}://${shown}:${port}`;
 }
 
 function closeServer(server: Server): Promise<void> {

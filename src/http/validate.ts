@@ -4,6 +4,7 @@
  */
 import type { Context } from 'hono';
 import type { z } from 'zod';
+import { parseJsonBody } from '../security/json.js';
 import { ApiError } from './errors.js';
 
 function describe(error: z.ZodError): string {
@@ -18,12 +19,8 @@ export async function readJson<S extends z.ZodType>(c: Context, schema: S): Prom
   if (!/^application\/(.+\+)?json\b/i.test(type)) {
     throw new ApiError('bad_request', 'Send the body as JSON with Content-Type: application/json.');
   }
-  let body: unknown;
-  try {
-    body = JSON.parse(await c.req.text());
-  } catch {
-    throw new ApiError('invalid_json', 'The request body is not valid JSON.');
-  }
+  // Counted against the route's body limit while read; depth checked before parsing.
+  const body = parseJsonBody(await c.req.text());
   const result = schema.safeParse(body);
   if (!result.success) throw new ApiError('validation_failed', describe(result.error));
   return result.data;

@@ -36,7 +36,33 @@ const DROPPED_REQUEST_HEADERS = new Set([
 ]);
 
 /** Hop-by-hop response headers (RFC 9110 §7.6.1), and framing the server sets itself. */
-const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authenticate', 'set-cookie', 'content-length']);
+/**
+ * Hop-by-hop and length headers, cookies, and everything Bulwark's own protection layers decide:
+ * on the direct-write path headers passed to `writeHead` override those set earlier, so an
+ * upstream `Vary`, CORS or CSP header would silently replace Bulwark's.
+ */
+const DROPPED_RESPONSE_HEADERS = new Set([
+  'connection',
+  'keep-alive',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'proxy-authenticate',
+  'set-cookie',
+  'content-length',
+  'server',
+  'vary',
+  'content-security-policy',
+  'strict-transport-security',
+  'x-frame-options',
+  'x-content-type-options',
+  'referrer-policy',
+  'permissions-policy',
+  'cross-origin-opener-policy',
+  'cross-origin-resource-policy',
+  'cache-control',
+]);
 
 /** The beta flag Anthropic requires with OAuth access tokens. */
 export const OAUTH_BETA = 'oauth-2025-04-20';
@@ -72,7 +98,7 @@ export function upstreamHeaders(incoming: HeaderPairs, credential: UpstreamCrede
 export function clientHeaders(upstream: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   const headers: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(upstream)) {
-    if (value !== undefined && !DROPPED_RESPONSE_HEADERS.has(name)) headers[name] = value;
+    if (value !== undefined && !DROPPED_RESPONSE_HEADERS.has(name) && !name.startsWith('access-control-')) headers[name] = value;
   }
   return headers;
 }

@@ -23,6 +23,8 @@ import { type StreamEnd, clientHeaders, passThrough, toWebHeaders, upstreamHeade
 import type { RequestLog, RequestRecord } from './request-log.js';
 import { type Upstream, classifyUpstreamError } from './upstream.js';
 import { UsageMeter } from './usage.js';
+import { payloadTooLarge } from '../security/body-limit.js';
+import { parseJsonBody } from '../security/json.js';
 
 export interface CredentialResolver {
   resolve(tenant: string): Promise<CredentialRecord | undefined>;
@@ -135,11 +137,13 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     const abort = new AbortController();
     const stopWatching = onClientGone(c, () => abort.abort());
     if (spec.body !== 'none') {
+      // The body-limit layer chose the cap for this path; counted while reading, never buffered past it.
+      const limit = c.get('bodyLimit') ?? MAX_REQUEST_BYTES;
       try {
-        body = await readBody(c, MAX_REQUEST_BYTES);
+        body = await readBody(c, limit);
       } catch (err) {
-        if (err instanceof BodyTooLargeError) {
-          return fail(new ApiError('payload_too_large', `The request body is over ${MAX_REQUEST_BYTES / 1024 / 1024} MiB.`));
+        if (err instanceof BodyTooLargeError || (err instanceof ApiError && err.code === 'payload_too_large')) {
+          return fail(payloadTooLarge(limit));
         }
         finish(499, 'client_disconnected');
         return new Response(null, { status: 499 });
@@ -148,9 +152,9 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     if (spec.body === 'json' && body) {
       let parsed: unknown;
       try {
-        parsed = JSON.parse(new TextDecoder().decode(body));
-      } catch {
-        fail(new ApiError('invalid_json', 'The request body is not valid JSON.'));
+        parsed = parseJsonBody(new TextDecoder().decode(body));
+      } catch (err) {
+        fail(err as ApiError);
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) fail(new ApiError('bad_request', 'The request body must be a JSON object.'));
       const fields = parsed as { model?: unknown; stream?: unknown; max_tokens?: unknown };

@@ -99,6 +99,35 @@ const MIGRATIONS: Record<string, Migration> = {
         )`.execute(db);
     },
   },
+  '0003_admin_sessions': {
+    async up(db) {
+      // Browser sessions on the admin listener. The row is keyed by SHA-256 of the session id;
+      // the id itself lives only in the browser's HttpOnly cookie, so a copy of this table
+      // cannot be replayed as a cookie. No CSRF token is stored either: it is an HMAC of the
+      // session id (src/auth/sessions.ts), so the server recomputes it from the cookie and a
+      // leaked table holds nothing an attacker can send. The principal is copied in so a
+      // request costs one lookup; the key's validity is re-checked on every request anyway.
+      await sql`
+        create table admin_sessions (
+          id_hash text primary key,
+          key_id text not null,
+          tenant_id text not null,
+          principal_kind text not null,
+          key_name text not null,
+          scopes text[] not null,
+          key_expires_at timestamptz,
+          created_at timestamptz not null,
+          last_seen_at timestamptz not null,
+          expires_at timestamptz not null,
+          ip text,
+          user_agent text
+        )`.execute(db);
+      // purgeExpired deletes by absolute expiry or by idleness; destroyForKey by key.
+      await sql`create index admin_sessions_expires_idx on admin_sessions (expires_at)`.execute(db);
+      await sql`create index admin_sessions_last_seen_idx on admin_sessions (last_seen_at)`.execute(db);
+      await sql`create index admin_sessions_key_idx on admin_sessions (key_id)`.execute(db);
+    },
+  },
 };
 
 /** Every migration, in the order they apply. */

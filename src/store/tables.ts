@@ -87,10 +87,30 @@ export interface UpstreamCredentialsTable {
   updated_at: DefaultedTimestamp;
 }
 
+/** A browser session on the admin listener. Only a hash of its id is kept; see migration 0003. */
+export interface AdminSessionsTable {
+  /** SHA-256 (hex) of the session id; the id is never stored. */
+  id_hash: string;
+  key_id: string;
+  tenant_id: string;
+  principal_kind: string;
+  key_name: string;
+  scopes: string[];
+  /** The key's own expiry at login (the principal's `expiresAt`). */
+  key_expires_at: NullableTimestamp;
+  created_at: Timestamp;
+  last_seen_at: Timestamp;
+  /** Absolute end of the session, whatever its activity. */
+  expires_at: Timestamp;
+  ip: string | null;
+  user_agent: string | null;
+}
+
 export interface Tables {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
   audit_events: AuditEventsTable;
   requests: RequestsTable;
   upstream_credentials: UpstreamCredentialsTable;
+  admin_sessions: AdminSessionsTable;
 }

@@ -22,6 +22,8 @@ export interface TestBulwark {
   publicApp: ReturnType<typeof createPublicApp>;
   /** With `listen`: where the public app is served. */
   publicUrl: string;
+  /** With `listen`: where the admin app is served. */
+  adminUrl: string;
   dataDir: string;
   adminApp: ReturnType<typeof createAdminApp>;
   /** Everything the logger wrote, one JSON line each. */
@@ -34,7 +36,7 @@ export interface TestBulwark {
 export interface TestBulwarkOptions {
   /** Structured settings written to a config file (BULWARK_CONFIG). */
   file?: Record<string, unknown>;
-  /** Serve the public app on 127.0.0.1 (for real HTTP clients such as the Anthropic SDK). */
+  /** Serve both apps on 127.0.0.1 (for real HTTP clients such as the Anthropic SDK). */
   listen?: boolean;
   /** PGlite on disk under the data dir (so tests can search the database files), not in memory. */
   onDisk?: boolean;
@@ -67,20 +69,22 @@ export async function startTestBulwark(engine: Engine, env: Record<string, strin
   await ensureDefaultTenant(runtime);
   runtime.fileCredentials.start();
   const publicApp = createPublicApp(runtime);
-  let server: ServerType | undefined;
-  let publicUrl = '';
-  if (options.listen) {
-    server = await new Promise<ServerType>((resolve) => {
-      const s = serve({ fetch: publicApp.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+  const adminApp = createAdminApp(runtime);
+  const servers: ServerType[] = [];
+  const listen = (app: typeof publicApp) =>
+    new Promise<string>((resolve) => {
+      const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(`http://127.0.0.1:${(s.address() as AddressInfo).port}`));
+      servers.push(s);
     });
-    publicUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  }
+  const publicUrl = options.listen ? await listen(publicApp) : '';
+  const adminUrl = options.listen ? await listen(adminApp) : '';
   return {
     runtime,
     publicApp,
     publicUrl,
+    adminUrl,
     dataDir,
-    adminApp: createAdminApp(runtime),
+    adminApp,
     logs,
     async createKey(scopes, extra = {}) {
       const result = await runtime.keyService.createKey(OPERATOR, { name: extra.name ?? 'test key', scopes, tenant: extra.tenant, expiresIn: extra.expiresIn });
@@ -88,7 +92,7 @@ export async function startTestBulwark(engine: Engine, env: Record<string, strin
       return { key: result.value.key, id: result.value.id };
     },
     async close() {
-      if (server) await new Promise<void>((resolve) => server!.close(() => resolve()));
+      await Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
       await runtime.drain(2_000);
       await runtime.stop();
       await testDb.cleanup();

@@ -49,6 +49,7 @@ const CreateKeyBody = z.strictObject({
   tenant: z.string().optional(),
   expiresIn: z.string().optional(),
   limits: LimitSetSchema.optional(),
+  allowedIps: z.array(z.string().min(1).max(64)).max(100).optional(),
 });
 const RenameBody = z.strictObject({ name: z.string().min(1).max(100) });
 const RotateBody = z.strictObject({ grace: z.string().optional() });
