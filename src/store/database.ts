@@ -141,6 +141,10 @@ async function openPostgres(url: string, schema: string, onPoolError?: (err: Err
     ...(schema !== 'public' ? { options: `-c search_path=${schema}` } : {}),
   });
   pool.on('error', (err) => onPoolError?.(err));
+  // The pool listens for errors only on idle clients. A client that is checked out but between
+  // statements (inside a transaction, say) when its connection dies emits 'error' with no
+  // listener, which would crash the process; its next statement fails and is retried instead.
+  pool.on('connect', (client) => client.on('error', (err) => onPoolError?.(err)));
   if (schema !== 'public') {
     try {
       await pool.query(`create schema if not exists ${schema}`);
