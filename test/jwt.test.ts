@@ -486,7 +486,7 @@ describe('createBulwarkJwt options', () => {
     expect(() => createBulwarkJwt({ ...base, algorithm: 'EdDSA', privateKeyPem: generateJwtSigningMaterial('ES256') })).toThrow(/Ed25519/);
     const sec1 = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }).toString();
     expect(() => createBulwarkJwt({ ...base, algorithm: 'ES256', privateKeyPem: sec1 })).toThrow(/PKCS#8/);
-    expect(() => createBulwarkJwt({ ...base, algorithm: 'ES256' })).toThrow(/BULWARK_JWT_PRIVATE_KEY/);
+    expect(() => createBulwarkJwt({ ...base, algorithm: 'ES256' })).toThrow(/BULWARK_JWT_PRIVATE_KEY_FILE/);
   });
 
   it('refuses an unknown algorithm, a clock tolerance over 30 s and a missing issuer or audience', () => {

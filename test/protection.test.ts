@@ -177,6 +177,12 @@ describe('the protection layers on a real listener', () => {
     expect(limited.status).toBe(429);
     expect(Number(limited.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
     expect(await limited.json()).toMatchObject({ error: { code: 'rate_limited' } });
+    // The first refusal of the window is audited; every refusal is counted.
+    expect((await fetch(`${b.publicUrl}/api/whoami`, { headers: { authorization: `Bearer ${key}` } })).status).toBe(429);
+    expect(b.runtime.metrics.render()).toMatch(/^bulwark_rate_limited_total\{limit="key"\} 2$/m);
+    await b.runtime.flush();
+    const audited = await b.runtime.auditReader.tail({ limit: 100, type: 'rate_limit.exceeded' });
+    expect(audited).toEqual([expect.objectContaining({ details: expect.objectContaining({ limit: 'key', perMinute: 100 }) })]);
     // Another key is counted on its own.
     expect((await fetch(`${b.publicUrl}/api/whoami`, { headers: { authorization: `Bearer ${reader}` } })).status).toBe(200);
   });
@@ -213,6 +219,28 @@ describe('client addresses and lockout', () => {
       await b.runtime.flush();
       const events = await b.runtime.auditReader.tail({ limit: 50, type: 'http.ip_refused' });
       expect(events).toEqual([expect.objectContaining({ keyId: elsewhere.value.id, ip: '127.0.0.1', details: { listener: 'key' } })]);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('holds a cookie session to its key\'s address list, and refuses sign-in from elsewhere', async () => {
+    const b = await startTestBulwark('pglite', { BULWARK_TRUSTED_PROXIES: '127.0.0.1' }, { listen: true });
+    try {
+      const created = await b.runtime.keyService.createKey(OPERATOR, { name: 'office admin', scopes: ['admin'], allowedIps: ['10.0.0.0/8'] });
+      if (!created.ok) throw new Error(created.message);
+      const login = (from: string) =>
+        fetch(`${b.adminUrl}/login`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-forwarded-for': from }, body: JSON.stringify({ key: created.value.key }) });
+      const outside = await login('203.0.113.9');
+      expect(outside.status).toBe(403);
+      expect(await outside.json()).toMatchObject({ error: { code: 'ip_not_allowed' } });
+      const inside = await login('10.1.2.3');
+      expect(inside.status).toBe(200);
+      const cookie = inside.headers.getSetCookie().map((c) => c.split(';')[0]).join('; ');
+      expect((await fetch(`${b.adminUrl}/api/keys`, { headers: { cookie, 'x-forwarded-for': '10.1.2.3' } })).status).toBe(200);
+      const moved = await fetch(`${b.adminUrl}/api/keys`, { headers: { cookie, 'x-forwarded-for': '203.0.113.9' } });
+      expect(moved.status).toBe(403);
+      expect(await moved.json()).toMatchObject({ error: { code: 'ip_not_allowed' } });
     } finally {
       await b.close();
     }

@@ -85,6 +85,13 @@ describe('hostCheck', () => {
     expect(events).toEqual([]);
   });
 
+  it('serves a host listed with its scheme\'s default port when the client leaves the port out', async () => {
+    const { app } = testApp({ allowedHosts: ['api.example.com:443'] });
+    expect((await app.request('/thing', { headers: { host: 'api.example.com' } })).status).toBe(200);
+    expect((await app.request('/thing', { headers: { host: 'api.example.com:443' } })).status).toBe(200);
+    expect((await app.request('/thing', { headers: { host: 'api.example.com:8443' } })).status).toBe(421);
+  });
+
   it('serves a host listed with a port only on that port', async () => {
     const { app } = testApp({ allowedHosts: ['admin.example.com:8443'] });
     expect((await app.request('/thing', { headers: { host: 'admin.example.com:8443' } })).status).toBe(200);

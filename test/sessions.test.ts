@@ -218,7 +218,7 @@ describe.each(ENGINES)('admin sessions on %s', (engine) => {
         body: new URLSearchParams({ key: adminKey.key }).toString(),
       });
       expect(response.status).toBe(303);
-      expect(response.headers.get('location')).toBe('/');
+      expect(response.headers.get('location')).toBe('/session');
       expect(cookieNamed(response, 'bulwark_session').value).toMatch(/^[A-Za-z0-9_-]{43}$/);
       expect(cookieNamed(response, 'XSRF-TOKEN').value).toMatch(/^[A-Za-z0-9_-]{43}$/);
     });
@@ -475,13 +475,13 @@ describe.each(ENGINES)('admin sessions on %s', (engine) => {
 
     it('counts a key as still valid only while it is in the store, unrevoked and unexpired, or a listed static credential', async () => {
       const check = keyStillValidInStore({ keys, staticKeyIds: ['admin-token'], now: () => Date.now() + HOUR });
-      expect(await check(adminKey.id)).toBe(true);
-      expect(await check('admin-token')).toBe(true);
+      expect(await check(adminKey.id)).toEqual({ allowedCidrs: [] });
+      expect(await check('admin-token')).toEqual({ allowedCidrs: [] });
       expect(await check('admin-key')).toBe(false);
       expect(await check('nosuchkey0000000')).toBe(false);
       const shortLived = await service.createKey(OPERATOR, { name: 'short', scopes: ['admin'], expiresIn: '30m' });
       if (!shortLived.ok) throw new Error(shortLived.message);
-      expect(await keyStillValidInStore({ keys })(shortLived.value.id)).toBe(true);
+      expect(await keyStillValidInStore({ keys })(shortLived.value.id)).toEqual({ allowedCidrs: [] });
       expect(await check(shortLived.value.id)).toBe(false);
     });
 

@@ -147,8 +147,8 @@ export function createBulwarkJwt(options: BulwarkJwtOptions): { issuer: JwtIssue
   if (!(JWT_ALGORITHMS as readonly string[]).includes(algorithm)) {
     throw new Error(`jwt: algorithm must be one of ${JWT_ALGORITHMS.join(', ')} (BULWARK_JWT_ALGORITHM)`);
   }
-  if (typeof iss !== 'string' || !iss) throw new Error('jwt: issuer is required (BULWARK_JWT_ISSUER)');
-  if (typeof aud !== 'string' || !aud) throw new Error('jwt: audience is required (BULWARK_JWT_AUDIENCE)');
+  if (typeof iss !== 'string' || !iss) throw new Error('jwt: issuer is required (jwt.issuer)');
+  if (typeof aud !== 'string' || !aud) throw new Error('jwt: audience is required (jwt.audience)');
   if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_TTL_SECONDS) {
     throw new Error(`jwt: ttlSeconds must be an integer from 1 to ${MAX_TTL_SECONDS} (BULWARK_JWT_TTL_SECONDS)`);
   }
@@ -247,7 +247,7 @@ export function generateJwtSigningMaterial(algorithm: JwtAlgorithm): string {
 
 function signingKeys(algorithm: JwtAlgorithm, secret: string | undefined, privateKeyPem: string | undefined): SigningKeys {
   if (algorithm === 'HS256') {
-    if (privateKeyPem !== undefined) throw new Error('jwt: HS256 uses BULWARK_JWT_SECRET; a private key (BULWARK_JWT_PRIVATE_KEY) is for ES256 or EdDSA');
+    if (privateKeyPem !== undefined) throw new Error('jwt: HS256 uses BULWARK_JWT_SECRET; a private key (BULWARK_JWT_PRIVATE_KEY_FILE) is for ES256 or EdDSA');
     if (typeof secret !== 'string' || !secret) throw new Error('BULWARK_JWT_SECRET is required for HS256 tokens');
     const bytes = Buffer.byteLength(secret, 'utf8');
     // RFC 7518 §3.2: the HMAC key must be at least as long as the hash output (256 bits).
@@ -255,22 +255,22 @@ function signingKeys(algorithm: JwtAlgorithm, secret: string | undefined, privat
     const key = new Uint8Array(Buffer.from(secret, 'utf8'));
     return { sign: key, verify: key, kid: undefined, publicJwk: undefined };
   }
-  if (secret !== undefined) throw new Error(`jwt: ${algorithm} signs with a private key (BULWARK_JWT_PRIVATE_KEY); unset BULWARK_JWT_SECRET or choose HS256`);
+  if (secret !== undefined) throw new Error(`jwt: ${algorithm} signs with a private key (BULWARK_JWT_PRIVATE_KEY_FILE); unset BULWARK_JWT_SECRET or choose HS256`);
   if (typeof privateKeyPem !== 'string' || !privateKeyPem.includes('-----BEGIN PRIVATE KEY-----')) {
-    throw new Error(`BULWARK_JWT_PRIVATE_KEY must be an unencrypted PKCS#8 PEM private key ("-----BEGIN PRIVATE KEY-----") for ${algorithm}`);
+    throw new Error(`BULWARK_JWT_PRIVATE_KEY_FILE must be an unencrypted PKCS#8 PEM private key ("-----BEGIN PRIVATE KEY-----") for ${algorithm}`);
   }
   let privateKey: KeyObject;
   try {
     privateKey = createPrivateKey({ key: privateKeyPem, format: 'pem' });
   } catch {
     // The parser's message could quote the key material: say only what is wrong.
-    throw new Error('BULWARK_JWT_PRIVATE_KEY could not be read as a PKCS#8 PEM private key');
+    throw new Error('BULWARK_JWT_PRIVATE_KEY_FILE could not be read as a PKCS#8 PEM private key');
   }
   const fits =
     algorithm === 'ES256'
       ? privateKey.asymmetricKeyType === 'ec' && privateKey.asymmetricKeyDetails?.namedCurve === 'prime256v1'
       : privateKey.asymmetricKeyType === 'ed25519';
-  if (!fits) throw new Error(`BULWARK_JWT_PRIVATE_KEY must be ${algorithm === 'ES256' ? 'an EC P-256' : 'an Ed25519'} key for ${algorithm}`);
+  if (!fits) throw new Error(`BULWARK_JWT_PRIVATE_KEY_FILE must be ${algorithm === 'ES256' ? 'an EC P-256' : 'an Ed25519'} key for ${algorithm}`);
   const publicKey = createPublicKey(privateKey);
   const exported = publicKey.export({ format: 'jwk' }) as JWK;
   const kid = jwkThumbprint(exported);
@@ -468,7 +468,7 @@ export function oidcVerifier(options: OidcVerifierOptions): TokenVerifier {
       const scopes = [...new Set(external.flatMap((s) => scopeMapEntries.get(s) ?? []))];
       return {
         ok: true,
-        // Kind 'key' until PrincipalKind gains 'oidc' (principal.ts); the `oidc:` keyId can never name a store key.
+        // The `oidc:` keyId can never name a store key.
         principal: { kind: 'oidc', tenant, keyId: `oidc:${sub}`, keyName: `OIDC subject ${sub}`, scopes, expiresAt: new Date(exp * 1000) },
       };
     },

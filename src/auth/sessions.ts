@@ -193,11 +193,11 @@ export interface KeyStillValidOptions {
  * usable? Asks the store each time (one indexed lookup, like a bearer request's), so a key
  * revoked on any instance stops its sessions on every instance at once.
  */
-export function keyStillValidInStore(options: KeyStillValidOptions): (keyId: string) => Promise<boolean> {
+export function keyStillValidInStore(options: KeyStillValidOptions): (keyId: string) => Promise<false | { allowedCidrs: readonly string[] }> {
   const { keys, now = Date.now } = options;
   const staticIds = new Set(options.staticKeyIds ?? []);
   return async function keyStillValid(keyId) {
-    if (staticIds.has(keyId)) return true;
+    if (staticIds.has(keyId)) return { allowedCidrs: [] };
     let row;
     try {
       row = await keys.findById(keyId);
@@ -206,7 +206,8 @@ export function keyStillValidInStore(options: KeyStillValidOptions): (keyId: str
     }
     if (!row) return false;
     const at = now();
-    return !(row.revoked_at && row.revoked_at.getTime() <= at) && !(row.expires_at && row.expires_at.getTime() <= at);
+    const usable = !(row.revoked_at && row.revoked_at.getTime() <= at) && !(row.expires_at && row.expires_at.getTime() <= at);
+    return usable && { allowedCidrs: row.allowed_cidrs };
   };
 }
 

@@ -71,7 +71,8 @@ export function databaseTlsProblem(url: string): string | undefined {
 /** Why a CIDR or address is not usable, or undefined. Matching lives in security/cidr.ts. */
 export function cidrProblem(value: string): string | undefined {
   const [address = '', prefix, ...rest] = value.split('/');
-  const family = isIP(address);
+  // A zone id (fe80::1%eth0) names an interface, not a network anyone can reach from outside.
+  const family = address.includes('%') ? 0 : isIP(address);
   if (family === 0 || rest.length > 0) return `'${value}' is not an IPv4 or IPv6 address or CIDR`;
   if (prefix === undefined) return undefined;
   const bits = /^\d{1,3}$/.test(prefix) ? Number(prefix) : Number.NaN;
@@ -111,6 +112,10 @@ function edgeProblems(config: Config): string[] {
     } catch (err) {
       problems.push(`${name}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
     }
+  }
+  // Production judges every secret's strength below; development still needs a usable length.
+  if (config.mode === 'development' && config.secrets.jwtSecret !== undefined && Buffer.byteLength(config.secrets.jwtSecret) < MIN_SECRET_BYTES) {
+    problems.push(`BULWARK_JWT_SECRET: is shorter than ${MIN_SECRET_BYTES} bytes`);
   }
   if (config.jwt.algorithm !== 'HS256' && config.jwt.privateKeyFile === undefined && config.mode === 'production') {
     problems.push(`BULWARK_JWT_PRIVATE_KEY_FILE: ${config.jwt.algorithm} needs a PKCS#8 private key file in production`);

@@ -9,6 +9,7 @@
  */
 import { type Context, Hono } from 'hono';
 import { authenticate, requireScope } from '../auth/middleware.js';
+import { isLoopbackHost } from '../config/safety.js';
 import { anthropicErrors, proxyRoutes } from '../proxy/routes.js';
 import { bodyLimit } from '../security/body-limit.js';
 import { clientAddress } from '../security/client-ip.js';
@@ -59,8 +60,11 @@ function baseApp(runtime: Runtime, listener: Listener): Hono<BulwarkEnv> {
 /** Host and Origin checks, body limit, per-address limits: the layers every non-health route passes before authentication. */
 function edge(app: Hono<BulwarkEnv>, runtime: Runtime, listener: Listener): void {
   const { config, audit } = runtime;
-  // Loopback names are always accepted: a DNS-rebinding page sends its own host name, never these.
-  app.use('*', hostCheck({ allowedHosts: config.http.allowedHosts, allowLoopback: true, audit }));
+  // Loopback names in development, and on a listener bound to loopback (the CLI's way to the admin
+  // listener, a reverse proxy on the same host); production answers only for its configured names.
+  const bind = listener === 'public' ? config.server.host : config.admin.host;
+  const allowLoopback = config.mode === 'development' || isLoopbackHost(bind);
+  app.use('*', hostCheck({ allowedHosts: config.http.allowedHosts, allowLoopback, audit }));
   // The admin listener's pages are same-origin only; no other site may drive them.
   app.use('*', originCheck({ allowedOrigins: listener === 'public' ? config.http.corsOrigins : [], audit }));
   if (listener === 'public') app.use('*', cors({ origins: config.http.corsOrigins }));
@@ -71,7 +75,7 @@ function edge(app: Hono<BulwarkEnv>, runtime: Runtime, listener: Listener): void
       ...(listener === 'public' ? { routes: [{ prefix: '/v1/messages', bytes: config.http.llmBodyLimitBytes }] } : {}),
     }),
   );
-  app.use('*', ipRateLimit({ limiter: runtime.rateLimiter.limiter, perMinute: config.rateLimits.ipPerMinute, lockout: runtime.authFailures, audit, clientIp }));
+  app.use('*', ipRateLimit({ limiter: runtime.rateLimiter.limiter, perMinute: config.rateLimits.ipPerMinute, lockout: runtime.authFailures, audit, clientIp, onRefused: countRefusal(runtime) }));
 }
 
 /** After authentication: the key's own address list, then its request limits. */
@@ -87,8 +91,14 @@ function afterAuthentication(app: Hono<BulwarkEnv>, runtime: Runtime, listener: 
       classify: (c) => (listener === 'admin' ? 'admin' : c.req.path.startsWith('/v1/') ? 'llm' : c.req.method === 'GET' || c.req.method === 'HEAD' ? 'read' : 'write'),
       audit,
       clientIp,
+      onRefused: countRefusal(runtime),
     }),
   );
+}
+
+/** Every 429 counted by limit; only the first of each window is an audit event. */
+function countRefusal(runtime: Runtime): (limit: string) => void {
+  return (limit) => runtime.metrics.inc('bulwark_rate_limited_total', 'Requests refused with 429 by the rate limits and lockouts, by limit.', { limit });
 }
 
 /** The public listener: LLM proxy, MCP, agent API and health. */

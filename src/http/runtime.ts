@@ -76,7 +76,7 @@ export interface Runtime {
   /** The admin listener's cookie sessions. */
   readonly sessions: SessionStore;
   /** Whether the key behind a session may still be used (checked on every session request). */
-  keyStillValid(keyId: string): Promise<boolean>;
+  keyStillValid(keyId: string): Promise<false | { allowedCidrs: readonly string[] }>;
   readonly startedAt: Date;
   audit(event: AuditEventInput): void;
   /** Writes everything queued now (audit events, last-used times); rejects while the database is away. */

@@ -91,13 +91,28 @@ export async function startServer(config: Config, options: StartOptions): Promis
 
   const metrics = new Metrics();
   const rateLimiter = await sharedRateLimiter(config, logger, metrics);
-  const runtime = createRuntime({ config, logger, database, metrics, rateLimiter, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  let runtime: Runtime;
+  try {
+    runtime = createRuntime({ config, logger, database, metrics, rateLimiter, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  } catch (err) {
+    // Nothing may keep the process alive after a refused start: no Redis reconnection, no open database.
+    await rateLimiter.close();
+    await database.close();
+    throw new StartupError(`Cannot start: ${(err as Error).message}`, EXIT_CONFIG);
+  }
   runtime.replaySpools();
-  // Sessions opened with the admin token, admin key or bootstrap key do not outlive the process
-  // that held them: those credentials are replaced or re-read at every start.
-  await Promise.all(['admin-token', 'admin-key', 'bootstrap'].map((id) => runtime.sessions.destroyForKey(id)));
+  try {
+    // Sessions opened with the admin token, admin key or bootstrap key do not outlive the process
+    // that held them: those credentials are replaced or re-read at every start.
+    await Promise.all(['admin-token', 'admin-key', 'bootstrap'].map((id) => runtime.sessions.destroyForKey(id)));
+    await ensureDefaultTenant(runtime);
+  } catch (err) {
+    await runtime.drain(1_000);
+    await runtime.stop();
+    await database.close();
+    throw new StartupError(`Cannot prepare the database: ${(err as Error).message}`, EXIT_UNAVAILABLE);
+  }
   runtime.fileCredentials.start();
-  await ensureDefaultTenant(runtime);
 
   const servers: Server[] = [];
   let publicUrl: string;

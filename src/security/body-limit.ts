@@ -13,8 +13,6 @@
  * first read): on @hono/node-server, merely building the web body starts consuming the Node
  * `IncomingMessage`, which would steal bytes from routes that read `c.env.incoming` directly
  * (the proxy's `readBody`). Such routes take their cap from the `bodyLimit` context variable.
- *
- * Integrator: add `bodyLimit: number` to `BulwarkVariables` in src/http/context.ts.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { MiddlewareHandler } from 'hono';

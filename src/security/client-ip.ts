@@ -10,12 +10,9 @@
  * client and prove nothing. A hop that does not parse as an address (RFC 7239 `unknown`, an
  * obfuscated node, garbage) stops the walk at the last address that did: it is never believed.
  *
- * Headers: RFC 7239 `Forwarded: for=…` and the de-facto `X-Forwarded-For`. By default
- * `Forwarded` wins when both are present. The operator must make sure the trusted proxy
- * writes (or strips) the header that is read: a proxy that only appends X-Forwarded-For
- * passes a client's own `Forwarded` header through, so set `source: 'x-forwarded-for'` then.
- *
- * Integrator: add `clientIp: string | undefined` to `BulwarkVariables` in src/http/context.ts.
+ * Headers: RFC 7239 `Forwarded: for=…` and the de-facto `X-Forwarded-For`. The middleware
+ * reads one of them (X-Forwarded-For by default): a proxy that only appends to one passes a
+ * client's own copy of the other through untouched, so believing both would believe the client.
  */
 import type { MiddlewareHandler } from 'hono';
 import { socketAddress } from '../http/client-info.js';

@@ -87,7 +87,8 @@ async function formToken(c: Context, field: string): Promise<string | undefined>
   let body: Record<string, unknown>;
   try {
     body = await c.req.parseBody();
-  } catch {
+  } catch (err) {
+    if (err instanceof ApiError) throw err; // over the body limit: a 413, not a CSRF failure
     return undefined; // A body that is not a form has no token in it.
   }
   const value = body[field];

@@ -125,6 +125,8 @@ export function hostCheck(options: HostCheckOptions): MiddlewareHandler<BulwarkE
   const allowed = (host: ParsedHost) =>
     anyPort.has(host.hostname) ||
     (host.port !== undefined && exact.has(`${host.hostname}:${host.port}`)) ||
+    // Clients leave the scheme's default port out of Host (RFC 9110 §7.2).
+    (host.port === undefined && (exact.has(`${host.hostname}:443`) || exact.has(`${host.hostname}:80`))) ||
     (allowLoopback && isLoopbackHost(host.hostname));
 
   return async function hostCheckMiddleware(c, next) {

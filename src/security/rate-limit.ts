@@ -158,9 +158,17 @@ export function authFailureTracker(options: AuthFailureTrackerOptions): AuthFail
 
 // --- before authentication: per address ------------------------------------------------------
 
+/**
+ * Told of every refusal, by limit (`ip`, `lockout`, `key`, `tenant`, `route`). Audit events record
+ * only the first refusal of each window, so a flood of refused requests cannot flood the
+ * hash-chained audit log; this hook (a metric) counts all of them.
+ */
+export type OnRefused = (limit: string) => void;
+
 export interface IpRateLimitOptions {
+  onRefused?: OnRefused;
   limiter: RateLimiter;
-  /** Requests per minute from one address, authenticated or not (default 600). */
+  /** Requests per minute from one address, authenticated or not (default 1200). */
   perMinute?: number;
   /** The lockout that authentication reports failures to. */
   lockout: AuthFailureTracker;
@@ -170,7 +178,7 @@ export interface IpRateLimitOptions {
 }
 
 export function ipRateLimit(options: IpRateLimitOptions): MiddlewareHandler<BulwarkEnv> {
-  const { limiter, perMinute = 600, lockout, audit, clientIp } = options;
+  const { limiter, perMinute = 1200, lockout, audit, clientIp, onRefused = () => {} } = options;
   if (!limiter) throw new Error('ipRateLimit: limiter is required');
   if (!lockout) throw new Error('ipRateLimit: lockout is required (an AuthFailureTracker)');
   if (typeof audit !== 'function') throw new Error('ipRateLimit: audit is required');
@@ -185,6 +193,7 @@ export function ipRateLimit(options: IpRateLimitOptions): MiddlewareHandler<Bulw
     const [lockedMs, counted] = await Promise.all([lockout.lockedForMs(ip), limiter.consume(addressKey(ip), rule)]);
     if (lockedMs > 0) {
       // The lockout itself was audited when it began; each refused attempt is not.
+      onRefused('lockout');
       throw new ApiError('locked_out', 'Too many failed authentication attempts from this address; try again later.', {
         'Retry-After': String(retryAfterSeconds(lockedMs)),
       });
@@ -193,6 +202,7 @@ export function ipRateLimit(options: IpRateLimitOptions): MiddlewareHandler<Bulw
       if (crossedLimit(counted, 1)) {
         audit({ type: 'rate_limit.exceeded', outcome: 'denied', ip, ...requestFacts(c), details: { limit: 'ip', rule: rule.name, perMinute: counted.limit } });
       }
+      onRefused('ip');
       throw new ApiError('rate_limited', 'Too many requests from this address; slow down.', refusalHeaders(counted));
     }
     return next();
@@ -214,6 +224,7 @@ export interface PrincipalRateLimitRules {
 }
 
 export interface PrincipalRateLimitOptions {
+  onRefused?: OnRefused;
   limiter: RateLimiter;
   rules?: PrincipalRateLimitRules;
   /** Decides the request's class (default: GET, HEAD, OPTIONS → read; anything else → write). */
@@ -286,7 +297,7 @@ function setHeadersOnResponse(c: Context, limit: string, remaining: string, rese
 
 export function principalRateLimit(options: PrincipalRateLimitOptions): MiddlewareHandler<BulwarkEnv> {
   const owner = 'principalRateLimit';
-  const { limiter, rules = {}, classify = classifyByMethod, audit, clientIp } = options;
+  const { limiter, rules = {}, classify = classifyByMethod, audit, clientIp, onRefused = () => {} } = options;
   if (!limiter) throw new Error(`${owner}: limiter is required`);
   if (typeof audit !== 'function') throw new Error(`${owner}: audit is required`);
   if (typeof classify !== 'function') throw new Error(`${owner}: classify must be a function`);
@@ -361,6 +372,7 @@ export function principalRateLimit(options: PrincipalRateLimitOptions): Middlewa
           details: { limit: scope, rule: rule.name, class: cls, perMinute: tightest.limit },
         });
       }
+      onRefused(scope);
       const subject = scope === 'tenant' ? "This key's tenant" : 'This key';
       throw new ApiError('rate_limited', `${subject} has made too many requests; slow down.`, refusalHeaders(tightest));
     }

@@ -22,6 +22,7 @@ import { hasScope } from '../../auth/scopes.js';
 import type { SessionStore } from '../../auth/sessions.js';
 import { type KeyVerifier, StoreUnavailableError } from '../../auth/verify.js';
 import { csrfProtection } from '../../security/csrf.js';
+import { keyIpAllowed } from '../../security/ip-allowlist.js';
 import { clientIp, requestPath } from '../client-info.js';
 import { ApiError } from '../errors.js';
 import { readJson } from '../validate.js';
@@ -51,8 +52,16 @@ export interface SessionEnv {
   Variables: SessionVariables;
 }
 
-/** Answers whether a key (by id) may still be used: not revoked, not expired, still configured. */
-export type KeyStillValid = (keyId: string) => Promise<boolean>;
+/** What still restricts a usable key; `allowedCidrs` empty means anywhere. */
+export interface KeyRestrictions {
+  allowedCidrs: readonly string[];
+}
+
+/**
+ * Answers whether a key (by id) may still be used — not revoked, not expired, still configured —
+ * and with what restrictions, so a session is held to the key's address list like a header is.
+ */
+export type KeyStillValid = (keyId: string) => Promise<false | KeyRestrictions>;
 
 export interface SessionAuthOptions {
   sessions: SessionStore;
@@ -101,6 +110,11 @@ function sessionCookies(secure: boolean): SessionCookies {
   };
 }
 
+/** The store could not answer: 503 with Retry-After, as for header credentials, never a 500. */
+function unavailable(): ApiError {
+  return new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
+}
+
 function requestFacts(c: Context) {
   return {
     ip: clientIp(c),
@@ -143,15 +157,21 @@ export function sessionAuth(options: SessionAuthOptions): MiddlewareHandler<Sess
       throw new ApiError('unauthorized', 'The session has ended; sign in again.', UNAUTHORIZED_CHALLENGE);
     };
 
-    const lookup = await sessions.get(id);
+    let lookup;
+    try {
+      lookup = await sessions.get(id);
+    } catch {
+      // The session store is the database: a failed lookup is an outage, not a bad cookie.
+      throw unavailable();
+    }
     if (!lookup.ok) return refuse(`session_${lookup.reason}`);
     const { principal } = lookup.session;
-    let valid: boolean;
+    let valid: false | KeyRestrictions;
     try {
       valid = await keyStillValid(principal.keyId);
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
-      throw new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
+      throw unavailable();
     }
     if (!valid) {
       // Another instance may have revoked the key; this one learns it here and ends the session.
@@ -159,7 +179,8 @@ export function sessionAuth(options: SessionAuthOptions): MiddlewareHandler<Sess
       return refuse('session_key_invalid', principal);
     }
 
-    c.set('principal', principal);
+    // The key's address list is checked after authentication (keyIpAllowlist), as for a header credential.
+    c.set('principal', valid.allowedCidrs.length > 0 ? { ...principal, allowedCidrs: valid.allowedCidrs } : principal);
     c.set('authMethod', 'session');
     c.set('session', { csrfToken: lookup.session.csrfToken, expiresAt: lookup.session.expiresAt });
     return next();
@@ -221,6 +242,10 @@ export function loginRoutes(options: LoginRoutesOptions): Hono<SessionEnv> {
       throw new ApiError('unauthorized', 'Invalid API key.', UNAUTHORIZED_CHALLENGE);
     }
     const { principal } = result;
+    if (!keyIpAllowed(principal.allowedCidrs, clientIp(c))) {
+      loginFailed('denied', 'ip_not_allowed', principal);
+      throw new ApiError('ip_not_allowed', `Requests from ${clientIp(c) ?? 'an unknown address'} are not allowed for this key.`);
+    }
     if (!hasScope(principal.scopes, 'admin')) {
       loginFailed('denied', 'insufficient_scope', principal);
       throw new ApiError('insufficient_scope', "Signing in needs a key with the 'admin' scope.");
@@ -242,8 +267,9 @@ export function loginRoutes(options: LoginRoutesOptions): Hono<SessionEnv> {
       details: { kind: principal.kind, expiresAt: session.expiresAt.toISOString() },
     });
     c.header('Cache-Control', 'no-store');
-    // RFC 9110 §15.4.4: 303 turns the form post into a GET of the dashboard.
-    if (form) return c.redirect('/', 303);
+    // RFC 9110 §15.4.4: 303 turns the form post into a GET (of the session's description until
+    // the admin listener serves pages).
+    if (form) return c.redirect('/session', 303);
     return c.json({ csrfToken: session.csrfToken, expiresAt: session.expiresAt.toISOString() });
   });
 
@@ -254,7 +280,6 @@ export function loginRoutes(options: LoginRoutesOptions): Hono<SessionEnv> {
     const principal = c.get('principal');
     audit({ type: 'auth.logout', outcome: 'success', ...requestFacts(c), tenantId: principal.tenant, keyId: principal.keyId });
     c.header('Cache-Control', 'no-store');
-    if (isForm(c)) return c.redirect('/', 303);
     return c.body(null, 204);
   });
 
