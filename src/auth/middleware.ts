@@ -7,7 +7,7 @@
 import type { Context, MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
 import type { BulwarkEnv } from '../http/context.js';
-import { clientIp, requestPath } from '../http/client-info.js';
+import { clientIp, requestFacts } from '../http/client-info.js';
 import { ApiError } from '../http/errors.js';
 import { type TokenVerifier, type TokenVerifyResult, TokenVerifierUnavailableError } from './jwt.js';
 import { DEFAULT_TENANT, type Principal } from './principal.js';
@@ -108,11 +108,7 @@ export function authenticate(options: AuthenticateOptions): MiddlewareHandler<Bu
       audit({
         type: 'auth.failure',
         outcome: 'failure',
-        ip,
-        userAgent: c.req.header('user-agent'),
-        method: c.req.method,
-        path: requestPath(c),
-        requestId: c.get('requestId'),
+        ...requestFacts(c),
         ...extra,
         details: { reason, credentialPresented: credential.kind !== 'none', origin: c.req.header('origin') ?? null, ...extra.details },
       });
@@ -210,11 +206,7 @@ export function requireScope(scope: string | readonly string[], options: Require
         outcome: 'denied',
         tenantId: principal.tenant,
         keyId: principal.keyId,
-        ip: clientIp(c),
-        userAgent: c.req.header('user-agent'),
-        method: c.req.method,
-        path: requestPath(c),
-        requestId: c.get('requestId'),
+        ...requestFacts(c),
         details: { required: accepted.length === 1 ? accepted[0] : accepted, granted: [...principal.scopes] },
       });
       throw new ApiError('insufficient_scope', `This needs the ${named} scope, which the key does not have.`, {

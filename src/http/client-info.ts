@@ -21,6 +21,11 @@ export function clientIp(c: Context): string | undefined {
   return (c.get('clientIp') as string | undefined) ?? socketAddress(c);
 }
 
+/** What every audit event about a request records: who sent it, from where, and what it was. */
+export function requestFacts(c: Context): { ip: string | undefined; userAgent: string | undefined; method: string; path: string; requestId: string | undefined } {
+  return { ip: clientIp(c), userAgent: c.req.header('user-agent'), method: c.req.method, path: requestPath(c), requestId: c.get('requestId') as string | undefined };
+}
+
 export function requestPath(c: Context): string {
   return new URL(c.req.url).pathname;
 }

@@ -16,7 +16,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Context, MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
 import type { Principal } from '../auth/principal.js';
-import { clientIp, requestPath } from '../http/client-info.js';
+import { requestFacts } from '../http/client-info.js';
 import { ApiError } from '../http/errors.js';
 
 const SAFE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
@@ -64,11 +64,7 @@ export function csrfProtection(options: CsrfProtectionOptions): MiddlewareHandle
       outcome: 'denied',
       tenantId: principal?.tenant ?? null,
       keyId: principal?.keyId ?? null,
-      ip: clientIp(c),
-      userAgent: c.req.header('user-agent'),
-      method: c.req.method,
-      path: requestPath(c),
-      requestId: c.get('requestId'),
+      ...requestFacts(c),
       details: { reason, origin: c.req.header('origin') ?? null },
     });
     throw new ApiError(

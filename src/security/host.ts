@@ -16,7 +16,7 @@
  */
 import type { MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
-import { clientIp, requestPath } from '../http/client-info.js';
+import { requestFacts } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
 
@@ -139,11 +139,7 @@ export function hostCheck(options: HostCheckOptions): MiddlewareHandler<BulwarkE
     audit({
       type: 'http.host_refused',
       outcome: 'denied',
-      ip: clientIp(c),
-      userAgent: c.req.header('user-agent'),
-      method: c.req.method,
-      path: requestPath(c),
-      requestId: c.get('requestId'),
+      ...requestFacts(c),
       details: { host: value === undefined ? null : shown },
     });
     throw new ApiError(
@@ -204,11 +200,7 @@ export function originCheck(options: OriginCheckOptions): MiddlewareHandler<Bulw
     audit({
       type: 'http.origin_refused',
       outcome: 'denied',
-      ip: clientIp(c),
-      userAgent: c.req.header('user-agent'),
-      method: c.req.method,
-      path: requestPath(c),
-      requestId: c.get('requestId'),
+      ...requestFacts(c),
       details: { origin: shown, reason: credentialed ? 'credentialed' : 'state_changing' },
     });
     throw new ApiError('origin_not_allowed', `Requests from origin "${shown}" are not allowed; add it to BULWARK_CORS_ORIGINS if it is yours.`);

@@ -9,7 +9,7 @@
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
-import { clientIp, requestPath } from '../http/client-info.js';
+import { clientIp, requestFacts } from '../http/client-info.js';
 import type { Principal } from '../auth/principal.js';
 import type { BulwarkEnv, BulwarkVariables } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
@@ -55,12 +55,9 @@ function refuse(c: Context, audit: (event: AuditEventInput) => void, ip: string 
   audit({
     type: 'http.ip_refused',
     outcome: 'denied',
+    ...requestFacts(c),
     ip: ip ?? null,
     ...(principal ? { tenantId: principal.tenant, keyId: principal.keyId } : {}),
-    userAgent: c.req.header('user-agent'),
-    method: c.req.method,
-    path: requestPath(c),
-    requestId: c.get('requestId'),
     details,
   });
   return new ApiError('ip_not_allowed', `Requests from ${ip ?? 'an unknown address'} are not allowed ${where}.`);

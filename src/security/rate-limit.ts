@@ -16,6 +16,7 @@ import type { Context, MiddlewareHandler } from 'hono';
 import type { ServerResponse } from 'node:http';
 import { isIPv6 } from 'node:net';
 import type { AuditEventInput } from '../audit/log.js';
+import { requestFacts } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
 import type { RateLimitResult, RateLimitRule, RateLimiter } from './rate-limiter.js';
@@ -42,10 +43,6 @@ function crossedLimit(result: RateLimitResult, cost: number): boolean {
 function refusalHeaders(result: RateLimitResult): Record<string, string> {
   const reset = String(retryAfterSeconds(result.resetMs));
   return { 'Retry-After': reset, 'RateLimit-Limit': String(result.limit), 'RateLimit-Remaining': '0', 'RateLimit-Reset': reset };
-}
-
-function requestFacts(c: Context) {
-  return { userAgent: c.req.header('user-agent'), method: c.req.method, path: c.req.path, requestId: c.get('requestId') as string | undefined };
 }
 
 /**
@@ -147,8 +144,8 @@ export function authFailureTracker(options: AuthFailureTrackerOptions): AuthFail
     audit({
       type: 'auth.lockout',
       outcome: 'denied',
-      ip,
       ...(c ? requestFacts(c) : {}),
+      ip,
       details: { failures: counted.consumed, windowSeconds, lockSeconds: seconds, repeat, ...(subject !== ip ? { network: subject } : {}) },
     });
   }
@@ -200,7 +197,7 @@ export function ipRateLimit(options: IpRateLimitOptions): MiddlewareHandler<Bulw
     }
     if (!counted.allowed) {
       if (crossedLimit(counted, 1)) {
-        audit({ type: 'rate_limit.exceeded', outcome: 'denied', ip, ...requestFacts(c), details: { limit: 'ip', rule: rule.name, perMinute: counted.limit } });
+        audit({ type: 'rate_limit.exceeded', outcome: 'denied', ...requestFacts(c), ip, details: { limit: 'ip', rule: rule.name, perMinute: counted.limit } });
       }
       onRefused('ip');
       throw new ApiError('rate_limited', 'Too many requests from this address; slow down.', refusalHeaders(counted));
@@ -367,8 +364,8 @@ export function principalRateLimit(options: PrincipalRateLimitOptions): Middlewa
           outcome: 'denied',
           tenantId: principal.tenant,
           keyId: principal.keyId,
-          ip: clientIp?.(c),
           ...requestFacts(c),
+          ...(clientIp ? { ip: clientIp(c) } : {}),
           details: { limit: scope, rule: rule.name, class: cls, perMinute: tightest.limit },
         });
       }

@@ -13,7 +13,7 @@ import type { AuditEventInput } from '../../audit/log.js';
 import type { JwtIssuer } from '../../auth/jwt.js';
 import { hasScope } from '../../auth/scopes.js';
 import { SCOPE_PATTERN } from '../../config/schema.js';
-import { clientIp, requestPath } from '../client-info.js';
+import { requestFacts } from '../client-info.js';
 import type { BulwarkEnv } from '../context.js';
 import { ApiError } from '../errors.js';
 import { readJson } from '../validate.js';
@@ -41,11 +41,7 @@ export function authTokenRoutes(options: AuthTokenRoutesOptions): Hono<BulwarkEn
       outcome,
       tenantId: principal.tenant,
       keyId: principal.keyId,
-      ip: clientIp(c),
-      userAgent: c.req.header('user-agent'),
-      method: c.req.method,
-      path: requestPath(c),
-      requestId: c.get('requestId'),
+      ...requestFacts(c),
       details,
     });
 

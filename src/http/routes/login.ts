@@ -23,7 +23,7 @@ import type { SessionStore } from '../../auth/sessions.js';
 import { type KeyVerifier, StoreUnavailableError } from '../../auth/verify.js';
 import { csrfProtection } from '../../security/csrf.js';
 import { keyIpAllowed } from '../../security/ip-allowlist.js';
-import { clientIp, requestPath } from '../client-info.js';
+import { clientIp, requestFacts } from '../client-info.js';
 import { ApiError } from '../errors.js';
 import { readJson } from '../validate.js';
 
@@ -115,15 +115,6 @@ function unavailable(): ApiError {
   return new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
 }
 
-function requestFacts(c: Context) {
-  return {
-    ip: clientIp(c),
-    userAgent: c.req.header('user-agent'),
-    method: c.req.method,
-    path: requestPath(c),
-    requestId: c.get('requestId') as string | undefined,
-  };
-}
 
 /**
  * Authenticates a request by its session cookie. A request that carries an Authorization or
