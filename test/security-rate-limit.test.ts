@@ -405,6 +405,36 @@ describe('Redis back end (real Redis on loopback)', () => {
     }
   });
 
+  it('keeps enforcing a lockout it has seen when its Redis goes away', async () => {
+    // A Redis of this test's own, so it can really be stopped.
+    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    try {
+      let runtime: Awaited<ReturnType<typeof createRateLimiter>> | undefined;
+      for (let i = 0; i < 50 && runtime?.backend !== 'redis'; i++) {
+        await runtime?.close();
+        await new Promise((r) => setTimeout(r, 100));
+        runtime = await createRateLimiter({ redisUrl: `redis://127.0.0.1:${port}`, prefix: `${RUN_PREFIX}:outage`, connectTimeoutMs: 500, commandTimeoutMs: 300 });
+      }
+      if (!runtime) throw new Error('no limiter');
+      try {
+        const tracker = authFailureTracker({ limiter: runtime.limiter, audit: () => {}, failures: 2 });
+        await tracker.recordFailure('198.51.100.7');
+        await tracker.recordFailure('198.51.100.7');
+        expect(await tracker.lockedForMs('198.51.100.7')).toBeGreaterThan(200_000);
+        server.kill('SIGKILL');
+        await new Promise((r) => server.once('exit', r));
+        // The shared store is gone and the in-memory fallback never saw this lock; it still holds.
+        expect(await tracker.lockedForMs('198.51.100.7')).toBeGreaterThan(200_000);
+        expect(await tracker.lockedForMs('198.51.100.8')).toBe(0);
+      } finally {
+        await runtime.close();
+      }
+    } finally {
+      server.kill('SIGKILL');
+    }
+  });
+
   it('leaves nothing open once closed, connected or still reconnecting', async () => {
     const module = pathToFileURL(path.join(ROOT, 'src/security/rate-limiter.ts')).href;
     const rule = JSON.stringify({ name: 'close-test', points: 5, durationSeconds: 2 });

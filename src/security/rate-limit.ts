@@ -105,6 +105,9 @@ export function lockSecondsFor(repeat: number, lockSeconds: number, maxLockSecon
   return Math.min(lockSeconds * 2 ** Math.min(Math.max(repeat, 1) - 1, 40), maxLockSeconds);
 }
 
+/** Addresses whose lock a process remembers on its own; beyond this, expired ones go first, then the oldest. */
+const MAX_KNOWN_LOCKS = 10_000;
+
 export function authFailureTracker(options: AuthFailureTrackerOptions): AuthFailureTracker {
   const { limiter, audit, failures = 10, windowSeconds = 300, lockSeconds = 300, maxLockSeconds = 86_400, repeatWindowSeconds = 86_400 } = options;
   const owner = 'authFailureTracker';
@@ -122,9 +125,25 @@ export function authFailureTracker(options: AuthFailureTrackerOptions): AuthFail
   const lockRule: RateLimitRule = { name: 'auth-lock', points: 0, durationSeconds: maxLockSeconds };
   const repeatRule: RateLimitRule = { name: 'auth-lock-repeat', points: 0, durationSeconds: repeatWindowSeconds };
 
+  // Locks this process set or saw, kept beside the shared store: when Redis is away the
+  // in-memory fallback cannot see the locks held there, and these still hold.
+  const knownLocks = new Map<string, number>();
+  const remember = (subject: string, untilMs: number) => {
+    if (knownLocks.size >= MAX_KNOWN_LOCKS) {
+      const now = Date.now();
+      for (const [key, until] of knownLocks) if (until <= now) knownLocks.delete(key);
+      if (knownLocks.size >= MAX_KNOWN_LOCKS) knownLocks.delete(knownLocks.keys().next().value as string);
+    }
+    knownLocks.set(subject, untilMs);
+  };
+
   async function lockedForMs(ip: string): Promise<number> {
-    const lock = await limiter.get(addressKey(ip), lockRule);
-    return lock && lock.consumed > 0 ? lock.resetMs : 0;
+    const subject = addressKey(ip);
+    const lock = await limiter.get(subject, lockRule);
+    const shared = lock && lock.consumed > 0 ? lock.resetMs : 0;
+    if (shared > 0) remember(subject, Date.now() + shared);
+    const local = (knownLocks.get(subject) ?? 0) - Date.now();
+    return Math.max(shared, local, 0);
   }
 
   async function recordFailure(ip: string | undefined, c?: Context): Promise<void> {
@@ -135,6 +154,7 @@ export function authFailureTracker(options: AuthFailureTrackerOptions): AuthFail
     if (counted.consumed !== failures) return;
     const repeat = ((await limiter.get(subject, repeatRule))?.consumed ?? 0) + 1;
     const seconds = lockSecondsFor(repeat, lockSeconds, maxLockSeconds);
+    remember(subject, Date.now() + seconds * 1000);
     await Promise.all([
       limiter.set(subject, lockRule, repeat, seconds),
       limiter.set(subject, repeatRule, repeat, repeatWindowSeconds),
