@@ -14,7 +14,8 @@ import { requestId } from '../src/http/request-id.js';
 import { compress } from '../src/security/compress.js';
 import { type CorsOptions, cors } from '../src/security/cors.js';
 import { securityHeaders } from '../src/security/headers.js';
-import { hostCheck, originCheck } from '../src/security/host.js';
+import { hostCheck } from '../src/security/host.js';
+import { originCheck } from '../src/security/origin.js';
 
 const APP = 'https://app.example.com';
 const EXPOSED = ['Mcp-Session-Id', 'X-Request-Id', 'Request-Id', 'Retry-After', 'RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset'];

@@ -12,7 +12,8 @@ import type { AuditEventInput } from '../src/audit/log.js';
 import type { BulwarkEnv } from '../src/http/context.js';
 import { errorHandler, notFoundHandler } from '../src/http/errors.js';
 import { requestId } from '../src/http/request-id.js';
-import { hostCheck, isLoopbackHost, normalizeOrigin, originCheck, parseHost } from '../src/security/host.js';
+import { hostCheck, isLoopbackHost, parseHost } from '../src/security/host.js';
+import { normalizeOrigin, originCheck } from '../src/security/origin.js';
 
 interface Setup {
   allowedHosts?: string[];

@@ -13,7 +13,8 @@ import { errorHandler } from '../src/http/errors.js';
 import { requestId } from '../src/http/request-id.js';
 import { matchesAny, normalizeIp, parseCidrList } from '../src/security/cidr.js';
 import { type ClientIpVariables, clientAddress, forwardedForChain, resolveClientIp } from '../src/security/client-ip.js';
-import { ipAllowlist, keyIpAllowed } from '../src/security/ip-allowlist.js';
+import { ipAllowlist } from '../src/security/ip-allowlist.js';
+import { keyIpAllowed } from '../src/security/key-ip-allowlist.js';
 
 type TestEnv = { Variables: BulwarkVariables & ClientIpVariables };
 

@@ -1,5 +1,5 @@
 /**
- * Rate limiting and brute-force lockout (src/security/rate-limit.ts) on both back ends
+ * Rate limiting and brute-force lockout (src/security/lockout.ts, ip-rate-limit.ts, principal-rate-limit.ts) on both back ends
  * (src/security/rate-limiter.ts): per key, per tenant, per route and per address, the
  * RateLimit headers, the lockout and its doubling, audit events, and — against the real Redis
  * on loopback — shared counts across instances, the in-memory fallback and a clean close.
@@ -20,16 +20,10 @@ import type { Principal } from '../src/auth/principal.js';
 import type { BulwarkEnv } from '../src/http/context.js';
 import { ApiError, errorHandler } from '../src/http/errors.js';
 import { ROOT } from './helpers/process.js';
-import {
-  type AuthFailureTracker,
-  type LockoutOptions,
-  type PrincipalRateLimitOptions,
-  addressKey,
-  authFailureTracker,
-  ipRateLimit,
-  lockSecondsFor,
-  principalRateLimit,
-} from '../src/security/rate-limit.js';
+import { ipRateLimit } from '../src/security/ip-rate-limit.js';
+import { type AuthFailureTracker, type LockoutOptions, authFailureTracker, lockSecondsFor } from '../src/security/lockout.js';
+import { type PrincipalRateLimitOptions, principalRateLimit } from '../src/security/principal-rate-limit.js';
+import { addressKey } from '../src/security/rate-limit.js';
 import { MemoryRateLimiter, type RateLimiter, createRateLimiter } from '../src/security/rate-limiter.js';
 
 const REDIS_URL = process.env.BULWARK_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';

@@ -32,7 +32,7 @@ import { KeyRing } from '../store/crypto.js';
 import { prepareDataDir, writePrivateFile } from '../store/data-dir.js';
 import { type JwtAlgorithm, type JwtIssuer, type TokenVerifier, bulwarkTokenVerifier, createBulwarkJwt, generateJwtSigningMaterial, oidcVerifier } from '../auth/jwt.js';
 import { DatabaseSessionStore, type SessionStore, keyStillValidInStore } from '../auth/sessions.js';
-import { type AuthFailureTracker, authFailureTracker } from '../security/rate-limit.js';
+import { type AuthFailureTracker, authFailureTracker } from '../security/lockout.js';
 import { MemoryRateLimiter, type RateLimiterRuntime } from '../security/rate-limiter.js';
 import type { Logger } from './logger.js';
 

@@ -16,7 +16,7 @@ import type { MiddlewareHandler } from 'hono';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
 import { appendNodeVary, editResponseHeaders, nodeResponse, sentDirectly, withVary } from './headers.js';
-import { normalizeOrigin } from './host.js';
+import { normalizeOrigin } from './origin.js';
 
 export interface CorsOptions {
   /** Browser origins allowed to call Bulwark, from BULWARK_CORS_ORIGINS (`https://app.example.com`). */

@@ -22,7 +22,7 @@ import { hasScope } from '../../auth/scopes.js';
 import type { SessionStore } from '../../auth/sessions.js';
 import { type KeyVerifier, StoreUnavailableError } from '../../auth/verify.js';
 import { csrfProtection } from '../../security/csrf.js';
-import { keyIpAllowed } from '../../security/ip-allowlist.js';
+import { keyIpAllowed } from '../../security/key-ip-allowlist.js';
 import { clientIp, requestFacts } from '../client-info.js';
 import { ApiError } from '../errors.js';
 import { readJson } from '../validate.js';
