@@ -164,6 +164,15 @@ describe('the protection layers on a real listener', () => {
     expect((await create({ 'x-xsrf-token': csrfToken })).status).toBe(201);
   });
 
+  it('compresses a large JSON answer for a client that accepts it, keeping the security headers', async () => {
+    const response = await send(b.adminUrl, { path: '/api/audit/events?limit=200', headers: { authorization: `Bearer ${admin}`, 'accept-encoding': 'gzip' } });
+    expect(response.status).toBe(200);
+    expect(response.headers['content-encoding']).toBe('gzip');
+    expect(response.headers['x-content-type-options']).toBe('nosniff');
+    expect(response.headers['cache-control']).toBe('no-store');
+    expect(String(response.headers.vary)).toMatch(/accept-encoding/i);
+  });
+
   it('answers the 101st read request of a key within a minute with 429, Retry-After and RateLimit headers', async () => {
     const key = (await b.createKey(['read'])).key;
     let last: Response | undefined;
