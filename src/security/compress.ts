@@ -90,6 +90,12 @@ export function compress(options: CompressOptions = {}): MiddlewareHandler<Bulwa
     if (declared !== null && Number(declared) < thresholdBytes) return;
 
     const encoding = chooseEncoding(c.req.header('accept-encoding'));
+    if (encoding === undefined) {
+      // Nothing to do but say the answer would differ for another Accept-Encoding; reading and
+      // rebuilding the body here cost more than the rest of the pipeline together.
+      res.headers.set('Vary', withVary(res.headers.get('vary'), 'Accept-Encoding'));
+      return;
+    }
     const body = await readIfBounded(res.body);
     if (!body.complete) {
       // A live stream: out as it is, without waiting for what has not arrived.
