@@ -113,6 +113,8 @@ export interface BulwarkOptions {
   /** The stand-in API key stored as tenant `default`'s upstream credential. */
   upstreamApiKey: string;
   storeBodies: boolean;
+  /** A PostgreSQL URL and a schema of this run's own; without them, the embedded database. */
+  database?: { url: string; schema: string };
 }
 
 export interface Bulwark {
@@ -165,6 +167,7 @@ export async function startBulwark(options: BulwarkOptions): Promise<BulwarkStar
     // everything. It is raised, not removed, so the limiter still runs on every request.
     BULWARK_RATE_LIMIT_IP: '100000000',
     ...(options.storeBodies ? { BULWARK_STORE_BODIES: 'true' } : {}),
+    ...(options.database ? { DATABASE_URL: options.database.url, BULWARK_DATABASE_SCHEMA: options.database.schema } : {}),
   });
   const child = track(spawn(process.execPath, [CLI, 'serve'], { cwd: REPO_ROOT, env, stdio: ['ignore', 'inherit', 'pipe'] }));
   // Under load a failing request logs a line each; count them and keep the last few rather than

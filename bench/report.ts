@@ -5,7 +5,10 @@
 import type { FirstByteResult, LoadResult } from './load.js';
 
 export type Mode = 'json' | 'stream';
-export type Target = 'stand-in (direct)' | 'bare proxy' | 'bulwark' | 'bulwark + storage';
+export type Target = 'stand-in (direct)' | 'bare proxy' | 'bulwark' | 'bulwark + storage' | 'bulwark on PostgreSQL';
+
+/** The scenarios that are Bulwark, compared against the bare proxy. */
+export const BULWARK_TARGETS: readonly Target[] = ['bulwark', 'bulwark + storage', 'bulwark on PostgreSQL'];
 
 export interface Measurement extends LoadResult {
   target: Target;
@@ -32,7 +35,7 @@ export interface TargetCheck {
 export function compare(measurements: readonly Measurement[]): Comparison[] {
   const out: Comparison[] = [];
   for (const m of measurements) {
-    if (m.target !== 'bulwark' && m.target !== 'bulwark + storage') continue;
+    if (!BULWARK_TARGETS.includes(m.target)) continue;
     const bare = measurements.find((b) => b.target === 'bare proxy' && b.mode === m.mode && b.connections === m.connections);
     if (!bare) continue;
     out.push({ target: m.target, mode: m.mode, connections: m.connections, rpsRatio: m.requestsPerSecond / bare.requestsPerSecond, addedP50Ms: m.p50Ms - bare.p50Ms });

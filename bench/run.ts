@@ -3,7 +3,7 @@
  *
  * Scenarios, each JSON and `stream: true`, each at 1 and 32 connections: the upstream stand-in
  * directly, a bare node:http + undici proxy (the floor), Bulwark with auth and usage accounting,
- * and Bulwark with body storage on (skipped when this build refuses that setting). The bare proxy
+ * Bulwark with body storage on, and Bulwark on PostgreSQL (skipped when none answers). The bare proxy
  * and Bulwark runs of one mode and connection count follow each other directly, so the machine's
  * drift hits both alike. Then sequential streaming requests compare time to first byte, Bulwark's
  * peak RSS is reported, and after a drained shutdown its `requests` rows are counted against the
@@ -18,6 +18,7 @@ import { writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
 import { request } from 'undici';
 import { type FirstByteTarget, type LoadSpec, measureFirstByte, runLoad } from './load.js';
 import { type Bulwark, REPO_ROOT, type RowCount, removeDataDir, startBulwark, startScript, stopAndCountRows, stopChild } from './processes.js';
@@ -101,6 +102,30 @@ interface RowCheck {
   shutdown: RowCount['stop'];
 }
 
+/** Whether a PostgreSQL server answers at `url` within two seconds. */
+async function postgresAnswers(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2_000 });
+  try {
+    await client.connect();
+    await client.query('select 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function dropSchema(url: string, schema: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(`drop schema if exists ${schema} cascade`);
+  } finally {
+    await client.end();
+  }
+}
+
 async function main(): Promise<void> {
   const watchdog = setTimeout(() => {
     log(`bench: still running after ${SETTINGS.watchdogMs / 60_000} min; giving up (children are killed on exit)`);
@@ -129,6 +154,19 @@ async function main(): Promise<void> {
     log(`bulwark + storage ${storage.bulwark.publicUrl} (pid ${storage.bulwark.child.pid})`);
   }
 
+  // The same Bulwark on PostgreSQL (the deployment the shared-state features are for), when one
+  // answers at BENCH_DATABASE_URL; its schema is this run's own and dropped at the end.
+  const databaseUrl = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+  const schema = `bulwark_bench_${randomBytes(4).toString('hex')}`;
+  let postgresNote: string | undefined;
+  const onPostgres = (await postgresAnswers(databaseUrl))
+    ? await startBulwark({ upstreamUrl: standIn.url, upstreamApiKey, storeBodies: false, database: { url: databaseUrl, schema } })
+    : undefined;
+  if (!onPostgres) postgresNote = `on PostgreSQL: skipped (nothing answers at ${new URL(databaseUrl).host}; set BENCH_DATABASE_URL)`;
+  else if (!onPostgres.ok) postgresNote = `on PostgreSQL: did not start (exit ${onPostgres.exitCode})`;
+  else log(`bulwark on PostgreSQL ${onPostgres.bulwark.publicUrl} (pid ${onPostgres.bulwark.child.pid})`);
+  if (postgresNote) log(postgresNote);
+
   const endpoints: Endpoint[] = [
     { target: 'stand-in (direct)', url: `${standIn.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
     { target: 'bare proxy', url: `${bare.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
@@ -147,6 +185,14 @@ async function main(): Promise<void> {
       bulwark: { instance: storage.bulwark, tally: { sent: 0, responses: 0, errors: 0 } },
     });
   }
+  if (onPostgres?.ok) {
+    endpoints.push({
+      target: 'bulwark on PostgreSQL',
+      url: `${onPostgres.bulwark.publicUrl}/v1/messages`,
+      headers: headersWith(onPostgres.bulwark.apiKey),
+      bulwark: { instance: onPostgres.bulwark, tally: { sent: 0, responses: 0, errors: 0 } },
+    });
+  }
   for (const endpoint of endpoints) if (endpoint.bulwark) await waitUntilServing(endpoint, endpoint.bulwark.tally);
 
   const measurements: Measurement[] = [];
@@ -163,7 +209,7 @@ async function main(): Promise<void> {
           endpoint.bulwark.tally.errors += run.errors;
         }
         measurements.push({ ...result, target: endpoint.target, mode });
-        log(`${mode.padEnd(6)} c=${String(connections).padStart(2)}  ${endpoint.target.padEnd(18)} ${result.requestsPerSecond.toFixed(0).padStart(6)} req/s  p50 ${result.p50Ms.toFixed(3)} ms`);
+        log(`${mode.padEnd(6)} c=${String(connections).padStart(2)}  ${endpoint.target.padEnd(21)} ${result.requestsPerSecond.toFixed(0).padStart(6)} req/s  p50 ${result.p50Ms.toFixed(3)} ms`);
       }
     }
   }
@@ -205,6 +251,7 @@ async function main(): Promise<void> {
   }
   await stopChild(bare.child, 5_000);
   await stopChild(standIn.child, 5_000);
+  if (onPostgres?.ok) await dropSchema(databaseUrl, schema);
 
   // ---- Report -------------------------------------------------------------------------------
   const comparisons = compare(measurements);
@@ -228,6 +275,7 @@ async function main(): Promise<void> {
   out.push(formatLoadTable(measurements, comparisons));
   out.push('', 'p50/p99 are from per-response timings (sub-millisecond); "vs bare" is req/s over the bare proxy\'s, same mode and connections.');
   if (storageNote) out.push(storageNote);
+  if (postgresNote) out.push(postgresNote);
   out.push('', formatFirstByteTable(firstByte.results, 'bare proxy'));
   out.push('', ...rss.map((r) => `${r.target} RSS: ${r.idleMb.toFixed(1)} MB idle after start, ${r.peakMb.toFixed(1)} MB peak`));
   for (const endpoint of endpoints) {
