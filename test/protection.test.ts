@@ -250,6 +250,9 @@ describe('client addresses and lockout', () => {
       const moved = await fetch(`${b.adminUrl}/api/keys`, { headers: { cookie, 'x-forwarded-for': '203.0.113.9' } });
       expect(moved.status).toBe(403);
       expect(await moved.json()).toMatchObject({ error: { code: 'ip_not_allowed' } });
+      // The session's own routes too, which answer before the general checks run.
+      expect((await fetch(`${b.adminUrl}/session`, { headers: { cookie, 'x-forwarded-for': '203.0.113.9' } })).status).toBe(403);
+      expect((await fetch(`${b.adminUrl}/session`, { headers: { cookie, 'x-forwarded-for': '10.1.2.3' } })).status).toBe(200);
     } finally {
       await b.close();
     }

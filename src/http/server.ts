@@ -100,19 +100,22 @@ export async function startServer(config: Config, options: StartOptions): Promis
     await database.close();
     throw new StartupError(`Cannot start: ${(err as Error).message}`, EXIT_CONFIG);
   }
-  runtime.replaySpools();
   try {
+    runtime.replaySpools();
     // Sessions opened with the admin token, admin key or bootstrap key do not outlive the process
     // that held them: those credentials are replaced or re-read at every start.
     await Promise.all(['admin-token', 'admin-key', 'bootstrap'].map((id) => runtime.sessions.destroyForKey(id)));
     await ensureDefaultTenant(runtime);
+    runtime.fileCredentials.start();
   } catch (err) {
-    await runtime.drain(1_000);
-    await runtime.stop();
-    await database.close();
-    throw new StartupError(`Cannot prepare the database: ${(err as Error).message}`, EXIT_UNAVAILABLE);
+    try {
+      await runtime.drain(1_000);
+      await runtime.stop();
+    } finally {
+      await database.close();
+    }
+    throw new StartupError(`Cannot prepare the data dir and database: ${(err as Error).message}`, EXIT_UNAVAILABLE);
   }
-  runtime.fileCredentials.start();
 
   const servers: Server[] = [];
   let publicUrl: string;

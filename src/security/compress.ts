@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { brotliCompress, constants, gzip } from 'node:zlib';
 import type { MiddlewareHandler } from 'hono';
 import type { BulwarkEnv } from '../http/context.js';
-import { sentDirectly, withVary } from './headers.js';
+import { editResponseHeaders, sentDirectly, withVary } from './headers.js';
 
 export interface CompressOptions {
   /** Bodies smaller than this go out as they are: compression would not pay for itself. */
@@ -93,7 +93,7 @@ export function compress(options: CompressOptions = {}): MiddlewareHandler<Bulwa
     if (encoding === undefined) {
       // Nothing to do but say the answer would differ for another Accept-Encoding; reading and
       // rebuilding the body here cost more than the rest of the pipeline together.
-      res.headers.set('Vary', withVary(res.headers.get('vary'), 'Accept-Encoding'));
+      editResponseHeaders(c, (headers) => headers.set('Vary', withVary(headers.get('vary'), 'Accept-Encoding')));
       return;
     }
     const body = await readIfBounded(res.body);

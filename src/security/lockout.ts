@@ -67,7 +67,9 @@ export function authFailureTracker(options: AuthFailureTrackerOptions): AuthFail
   // in-memory fallback cannot see the locks held there, and these still hold.
   const knownLocks = new Map<string, number>();
   const remember = (subject: string, untilMs: number) => {
-    if (knownLocks.size >= MAX_KNOWN_LOCKS) {
+    const known = knownLocks.get(subject);
+    if (known !== undefined && known >= untilMs) return;
+    if (known === undefined && knownLocks.size >= MAX_KNOWN_LOCKS) {
       const now = Date.now();
       for (const [key, until] of knownLocks) if (until <= now) knownLocks.delete(key);
       if (knownLocks.size >= MAX_KNOWN_LOCKS) knownLocks.delete(knownLocks.keys().next().value as string);

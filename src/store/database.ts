@@ -140,11 +140,13 @@ async function openPostgres(url: string, schema: string, onPoolError?: (err: Err
     idleTimeoutMillis: 30_000,
     ...(schema !== 'public' ? { options: `-c search_path=${schema}` } : {}),
   });
-  pool.on('error', (err) => onPoolError?.(err));
   // The pool listens for errors only on idle clients. A client that is checked out but between
   // statements (inside a transaction, say) when its connection dies emits 'error' with no
-  // listener, which would crash the process; its next statement fails and is retried instead.
+  // listener, which would crash the process; so every client reports its own errors (its next
+  // statement fails and is retried), and the pool's event, which repeats an idle client's, is
+  // only acknowledged.
   pool.on('connect', (client) => client.on('error', (err) => onPoolError?.(err)));
+  pool.on('error', () => {});
   if (schema !== 'public') {
     try {
       await pool.query(`create schema if not exists ${schema}`);

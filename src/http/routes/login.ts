@@ -22,6 +22,7 @@ import { hasScope } from '../../auth/scopes.js';
 import type { SessionStore } from '../../auth/sessions.js';
 import { type KeyVerifier, StoreUnavailableError } from '../../auth/verify.js';
 import { csrfProtection } from '../../security/csrf.js';
+import { addressOf, refuse as refuseAddress } from '../../security/ip-allowlist.js';
 import { keyIpAllowed } from '../../security/key-ip-allowlist.js';
 import { clientIp, requestFacts } from '../client-info.js';
 import { ApiError } from '../errors.js';
@@ -170,8 +171,10 @@ export function sessionAuth(options: SessionAuthOptions): MiddlewareHandler<Sess
       return refuse('session_key_invalid', principal);
     }
 
-    // The key's address list is checked after authentication (keyIpAllowlist), as for a header credential.
     c.set('principal', valid.allowedCidrs.length > 0 ? { ...principal, allowedCidrs: valid.allowedCidrs } : principal);
+    // The key's address list, here as well as after authentication: GET /session and POST /logout
+    // answer before that later check runs.
+    if (!keyIpAllowed(valid.allowedCidrs, addressOf(c))) throw refuseAddress(c, audit, addressOf(c), { listener: 'key' }, 'for this key');
     c.set('authMethod', 'session');
     c.set('session', { csrfToken: lookup.session.csrfToken, expiresAt: lookup.session.expiresAt });
     return next();
