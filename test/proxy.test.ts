@@ -667,6 +667,21 @@ describe('body storage, retention and key rotation', () => {
     await b.runtime.flush();
     expect((await b.runtime.auditReader.tail({ type: 'retention.purged' })).at(-1)?.details).toMatchObject({ bodiesCleared: 1, rowsDeleted: 1 });
   });
+
+  it('stores the response body on the web-stream path too (in-process requests, fetch adapters)', async () => {
+    const key = (await b.createKey(['llm'])).key;
+    const marker = `okapi-${randomBytes(6).toString('hex')}`;
+    const response = await b.publicApp.request('/v1/messages', {
+      method: 'POST',
+      headers: { 'x-api-key': key, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
+      body: JSON.stringify({ ...MESSAGE, messages: [{ role: 'user', content: marker }] }),
+    });
+    expect(response.status).toBe(200);
+    await response.arrayBuffer();
+    await b.runtime.flush();
+    const row = (await rows(b)).at(-1);
+    expect(b.runtime.keyRing.decryptText(row!.response_body!, bodyAad('default', row!.id, 'response_body'))).toContain(marker);
+  });
 });
 
 describe('metrics', () => {

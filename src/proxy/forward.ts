@@ -178,6 +178,7 @@ export function passThrough(options: PassThroughOptions): ReadableStream<Uint8Ar
           // SSE goes out in whole events, so an error event can never land inside a half-sent one.
           const ready = framer ? framer.push(chunk) : chunk;
           meter.feed(chunk);
+          capture?.add(chunk);
           if (ready.byteLength > 0) {
             controller.enqueue(new Uint8Array(ready.buffer, ready.byteOffset, ready.byteLength));
             return;
