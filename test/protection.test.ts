@@ -9,7 +9,7 @@ import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { POSTGRES_URL } from './helpers/database.js';
+import { POSTGRES_URL, dropSchema } from './helpers/database.js';
 import { type ServerProcess, runCli, startServe } from './helpers/process.js';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
 import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
@@ -304,11 +304,7 @@ describe('limits shared through Redis by two server processes', () => {
   afterAll(async () => {
     await Promise.all(servers.map((s) => s.stop()));
     for (const dir of dataDirs) rmSync(dir, { recursive: true, force: true });
-    const pg = await import('pg');
-    const client = new pg.default.Client({ connectionString: POSTGRES_URL });
-    await client.connect();
-    await client.query(`drop schema if exists ${schema} cascade`);
-    await client.end();
+    await dropSchema(schema);
   });
 
   it('refuses the 11th read of a key limited to 10 a minute, wherever the requests land', async () => {

@@ -158,6 +158,11 @@ export function authenticate(options: AuthenticateOptions): MiddlewareHandler<Bu
 /** Store or identity provider away: not the client's fault and not a bug; say so, and when to come back. */
 function unavailable(err: unknown): unknown {
   if (!(err instanceof StoreUnavailableError) && !(err instanceof TokenVerifierUnavailableError)) return err;
+  return credentialCheckUnavailable();
+}
+
+/** The 503 for any credential check the store or an identity provider could not answer. */
+export function credentialCheckUnavailable(): ApiError {
   return new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
 }
 

@@ -9,19 +9,17 @@ import type { Readable } from 'node:stream';
 import type { UpstreamCredential } from './credentials.js';
 import { UsageMeter } from './usage.js';
 
+/** Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never relayed. */
+const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade'];
+
 /** Never forwarded upstream: the client's own credential, and headers that describe one hop. */
 const DROPPED_REQUEST_HEADERS = new Set([
+  ...HOP_BY_HOP,
   'authorization',
   'x-api-key',
   'cookie',
   'proxy-authorization',
   'host',
-  'connection',
-  'keep-alive',
-  'transfer-encoding',
-  'te',
-  'trailer',
-  'upgrade',
   'content-length',
   'accept-encoding',
   'expect',
@@ -35,19 +33,13 @@ const DROPPED_REQUEST_HEADERS = new Set([
   'referer',
 ]);
 
-/** Hop-by-hop response headers (RFC 9110 §7.6.1), and framing the server sets itself. */
 /**
- * Hop-by-hop and length headers, cookies, and everything Bulwark's own protection layers decide:
- * on the direct-write path headers passed to `writeHead` override those set earlier, so an
- * upstream `Vary`, CORS or CSP header would silently replace Bulwark's.
+ * Hop-by-hop headers, framing the server sets itself, cookies, and everything Bulwark's own
+ * protection layers decide: on the direct-write path headers passed to `writeHead` override
+ * those set earlier, so an upstream `Vary`, CORS or CSP header would silently replace Bulwark's.
  */
 const DROPPED_RESPONSE_HEADERS = new Set([
-  'connection',
-  'keep-alive',
-  'transfer-encoding',
-  'te',
-  'trailer',
-  'upgrade',
+  ...HOP_BY_HOP,
   'proxy-authenticate',
   'set-cookie',
   'content-length',

@@ -17,6 +17,7 @@ import { type Context, Hono, type MiddlewareHandler } from 'hono';
 import { getCookie, setCookie } from 'hono/cookie';
 import { z } from 'zod';
 import type { AuditEventInput } from '../../audit/log.js';
+import { credentialCheckUnavailable } from '../../auth/middleware.js';
 import { type Principal, describePrincipal } from '../../auth/principal.js';
 import { hasScope } from '../../auth/scopes.js';
 import type { SessionStore } from '../../auth/sessions.js';
@@ -111,12 +112,6 @@ function sessionCookies(secure: boolean): SessionCookies {
   };
 }
 
-/** The store could not answer: 503 with Retry-After, as for header credentials, never a 500. */
-function unavailable(): ApiError {
-  return new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
-}
-
-
 /**
  * Authenticates a request by its session cookie. A request that carries an Authorization or
  * X-API-Key header is left to `authenticate` (the header names the credential the caller
@@ -154,7 +149,7 @@ export function sessionAuth(options: SessionAuthOptions): MiddlewareHandler<Sess
       lookup = await sessions.get(id);
     } catch {
       // The session store is the database: a failed lookup is an outage, not a bad cookie.
-      throw unavailable();
+      throw credentialCheckUnavailable();
     }
     if (!lookup.ok) return refuse(`session_${lookup.reason}`);
     const { principal } = lookup.session;
@@ -163,7 +158,7 @@ export function sessionAuth(options: SessionAuthOptions): MiddlewareHandler<Sess
       valid = await keyStillValid(principal.keyId);
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
-      throw unavailable();
+      throw credentialCheckUnavailable();
     }
     if (!valid) {
       // Another instance may have revoked the key; this one learns it here and ends the session.
@@ -228,7 +223,7 @@ export function loginRoutes(options: LoginRoutesOptions): Hono<SessionEnv> {
       result = await verifier.verify(key);
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
-      throw new ApiError('service_unavailable', 'Bulwark cannot check credentials right now; try again shortly.', { 'Retry-After': '1' });
+      throw credentialCheckUnavailable();
     }
     if (!result.ok) {
       loginFailed('failure', result.reason, { keyId: result.keyId, tenant: result.tenant });
