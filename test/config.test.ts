@@ -591,3 +591,48 @@ describe('upstream URLs in production', () => {
     expect(safetyProblems(load({ ...safeProductionEnv(), BULWARK_UPSTREAM_URL: 'http://127.0.0.1:8080' }), { statMode: () => undefined })).toEqual([]);
   });
 });
+
+describe('MCP settings', () => {
+  const upstreams = (list: unknown[]) => withConfigFile('bulwark.json', JSON.stringify({ mcp: { upstreams: list } }));
+
+  it('defaults sessions to 30 minutes idle and 2 hours at most, history to 5 minutes and 1000 events', () => {
+    const { mcp } = load({});
+    expect(mcp.sessions).toEqual({ idleMinutes: 30, maxHours: 2 });
+    expect(mcp.events).toEqual({ maxAgeSeconds: 300, maxEvents: 1000 });
+    expect(mcp.upstreams).toEqual([]);
+  });
+
+  it('refuses a plain-http MCP upstream or token endpoint off loopback in production, naming it', () => {
+    const { cwd, env } = upstreams([
+      { name: 'tools', url: 'http://tools.internal/mcp', oauth: { tokenUrl: 'http://auth.internal/token', clientId: 'c', clientSecret: 's' } },
+      { name: 'local', url: 'http://127.0.0.1:9000/mcp' },
+    ]);
+    const problems = safetyProblems(load({ ...safeProductionEnv(), ...env }, cwd), { statMode: () => undefined });
+    expect(problems).toEqual([
+      'mcp.upstreams[0].url (tools): must be https (it carries upstream credentials)',
+      'mcp.upstreams[0].oauth.tokenUrl (tools): must be https (it carries upstream credentials)',
+    ]);
+  });
+
+  it('refuses two upstreams with one name, and a name that cannot prefix a tool', () => {
+    const twice = upstreams([
+      { name: 'tools', url: 'https://a.example/mcp' },
+      { name: 'tools', url: 'https://b.example/mcp' },
+    ]);
+    expect(safetyProblems(load(twice.env, twice.cwd))).toContain('mcp.upstreams: the name tools is used twice');
+    const bad = upstreams([{ name: 'Tools!', url: 'https://a.example/mcp' }]);
+    expect(refusal(bad.env, bad.cwd).problems.join('\n')).toMatch(/mcp\.upstreams\.0\.name/);
+  });
+
+  it("masks an upstream's headers and OAuth client secret wherever config is shown", () => {
+    const secret = strongSecret();
+    const { cwd, env } = upstreams([
+      { name: 'tools', url: 'https://a.example/mcp', headers: { authorization: `Bearer ${secret}` }, oauth: { tokenUrl: 'https://auth.example/token', clientId: 'bulwark', clientSecret: secret } },
+    ]);
+    const masked = maskedConfig(load(env, cwd));
+    const text = JSON.stringify(masked);
+    expectNoPieceOfSecretIn(text, secret);
+    expect(masked).toMatchObject({ mcp: { upstreams: [{ name: 'tools', headers: MASK, oauth: { clientId: 'bulwark', clientSecret: MASK } }] } });
+    expectNoPieceOfSecretIn(formatConfigText(masked), secret);
+  });
+});

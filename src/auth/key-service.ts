@@ -323,13 +323,14 @@ export function deniedEvent(actor: Actor, action: string, details: Record<string
     outcome: 'denied',
     tenantId: actor.principal.tenant,
     keyId: actor.principal.keyId,
-    ip: actor.ip,
-    userAgent: actor.userAgent,
-    requestId: actor.requestId,
-    method: actor.method,
-    path: actor.path,
+    ...actorFacts(actor),
     details: { action, ...details, via: actor.via },
   };
+}
+
+/** Where a management action came from, as every audit event about it records. */
+export function actorFacts(actor: Actor): Pick<AuditEventInput, 'ip' | 'userAgent' | 'requestId' | 'method' | 'path'> {
+  return { ip: actor.ip, userAgent: actor.userAgent, requestId: actor.requestId, method: actor.method, path: actor.path };
 }
 
 /**

@@ -72,10 +72,20 @@ export interface AuthenticateOptions {
    */
   tokenVerifiers?: readonly TokenVerifier[];
   /**
+   * Verifiers for one path instead of `tokenVerifiers`: `/mcp` accepts OIDC tokens only when
+   * issued for it (RFC 8707 audience = the MCP resource URL).
+   */
+  tokenVerifiersFor?: (path: string) => readonly TokenVerifier[] | undefined;
+  /**
    * Called on every authentication failure (the brute-force lockout tracker) and awaited before
    * the answer, so the client's next request already sees a lockout this failure caused.
    */
   onFailure?: (ip: string | undefined, c: Context) => void | Promise<void>;
+  /**
+   * Auth-params added to the request's challenges, e.g. `resource_metadata="…"` (RFC 9728 §5.1)
+   * on `/mcp`, so an MCP client can find where to get a token.
+   */
+  challengeParams?: (c: Context) => string | undefined;
 }
 
 /** The principal used when authentication is off: the default tenant, every scope. */
@@ -89,12 +99,15 @@ export const ANONYMOUS_PRINCIPAL: Principal = Object.freeze({
 });
 
 export function authenticate(options: AuthenticateOptions): MiddlewareHandler<BulwarkEnv> {
-  const { verifier, audit, required = true, realm = 'bulwark', tokenVerifiers = [], onFailure } = options;
+  const { verifier, audit, required = true, realm = 'bulwark', tokenVerifiers: defaultTokenVerifiers = [], tokenVerifiersFor, onFailure, challengeParams } = options;
   if (!verifier) throw new Error('authenticate: verifier is required');
-  if (tokenVerifiers.some((v) => typeof v?.verify !== 'function')) throw new Error('authenticate: every tokenVerifiers entry needs a verify function');
-  const challenge = (error?: string) => `Bearer realm="${realm}"${error ? `, error="${error}"` : ''}`;
+  if (defaultTokenVerifiers.some((v) => typeof v?.verify !== 'function')) throw new Error('authenticate: every tokenVerifiers entry needs a verify function');
 
   return async function authenticateMiddleware(c, next) {
+    const challenge = (error?: string) => {
+      const extra = challengeParams?.(c);
+      return `Bearer realm="${realm}"${error ? `, error="${error}"` : ''}${extra ? `, ${extra}` : ''}`;
+    };
     // An earlier layer (the admin listener's cookie session) has already decided who this is.
     if (c.get('principal')) return next();
     const credential = extractCredential(c.req.header('authorization'), c.req.header('x-api-key'));
@@ -127,6 +140,7 @@ export function authenticate(options: AuthenticateOptions): MiddlewareHandler<Bu
       throw new ApiError('malformed_credential', credential.message, { 'WWW-Authenticate': challenge('invalid_request') });
     }
     // RFC 6750 §2.1: an access token travels as a Bearer token, not as an API key header.
+    const tokenVerifiers = tokenVerifiersFor?.(c.req.path) ?? defaultTokenVerifiers;
     if (tokenVerifiers.length > 0 && credential.source === 'authorization' && looksLikeJwt(credential.token)) {
       const result = await verifyToken(tokenVerifiers, credential.token);
       if (!result.ok) {

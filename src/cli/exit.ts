@@ -1,3 +1,5 @@
+import type { Result } from '../auth/key-service.js';
+
 /**
  * The CLI's exit codes (documented in the README) and the error that carries one. Codes above
  * 63 follow sysexits.h so scripts and service managers read them the usual way.
@@ -26,4 +28,12 @@ export class CliError extends Error {
     this.name = 'CliError';
     this.exitCode = exitCode;
   }
+}
+
+const FAILURE_EXIT = { not_found: EXIT.notFound, validation_failed: EXIT.usage, conflict: EXIT.conflict, forbidden: EXIT.conflict } as const;
+
+/** The value of a result, or the CliError with the exit code its failure means. */
+export function unwrap<T>(result: Result<T>): T {
+  if (!result.ok) throw new CliError(result.message, FAILURE_EXIT[result.code]);
+  return result.value;
 }

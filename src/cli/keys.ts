@@ -2,20 +2,14 @@
  * `bulwark keys …` and `bulwark tenants …`: key and tenant management from the shell.
  */
 import type { Command } from 'commander';
-import type { KeyView, Result } from '../auth/key-service.js';
+import type { KeyView } from '../auth/key-service.js';
 import { parseScopes } from '../auth/scopes.js';
-import { CliError, EXIT } from './exit.js';
+import { CliError, EXIT, unwrap } from './exit.js';
 import type { Operations } from './operations.js';
 import { printJson, printLines, printTable, shortTime } from './output.js';
 
 export type WithOperations = <T>(work: (ops: Operations) => Promise<T>) => Promise<T>;
 
-const FAILURE_EXIT = { not_found: EXIT.notFound, validation_failed: EXIT.usage, conflict: EXIT.conflict, forbidden: EXIT.conflict } as const;
-
-export function unwrap<T>(result: Result<T>): T {
-  if (!result.ok) throw new CliError(result.message, FAILURE_EXIT[result.code]);
-  return result.value;
-}
 
 function keyRow(key: KeyView): Record<string, string> {
   return {

@@ -18,6 +18,7 @@ import { doctorExitCode, formatFindings, localFindings, probeDeployment } from '
 import { CliError, EXIT } from './exit.js';
 import { registerKeyCommands } from './keys.js';
 import { registerProxyCommands } from './proxy.js';
+import { registerMcpCommands } from './mcp.js';
 import { type Operations, openOperations } from './operations.js';
 import { printJson, printLines, printTable, shortTime } from './output.js';
 
@@ -98,6 +99,7 @@ export function buildProgram(): Command {
 
   registerKeyCommands(program, withOperations);
   registerProxyCommands(program, withOperations);
+  registerMcpCommands(program, withOperations);
 
   program
     .command('migrate')
@@ -154,11 +156,13 @@ export function buildProgram(): Command {
     .option('-n, --limit <n>', 'how many (1-1000)', '50')
     .option('--type <type>', 'only this type, or a family such as "key." or "auth.*"')
     .option('--tenant <id>', 'only this tenant')
+    .option('--payloads', 'open the encrypted arguments and results of MCP tool calls (with body storage on); implies --json')
     .option('--json', 'print JSON')
-    .action(async (opts: { limit: string; type?: string; tenant?: string; json?: boolean }) => {
+    .action(async (opts: { limit: string; type?: string; tenant?: string; payloads?: boolean; json?: boolean }) => {
       const limit = Number(opts.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new CliError('--limit: give a whole number from 1 to 1000', EXIT.usage);
-      const events = await withOperations((ops) => ops.auditTail({ limit, type: opts.type, tenantId: opts.tenant }));
+      const events = await withOperations((ops) => ops.auditTail({ limit, type: opts.type, tenantId: opts.tenant, payloads: opts.payloads }));
+      if (opts.payloads) return printJson(events);
       if (opts.json) return printJson(events);
       if (events.length === 0) return printLines(['No audit events.']);
       printTable(

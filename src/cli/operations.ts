@@ -11,6 +11,8 @@ import { Agent, buildConnector, fetch } from 'undici';
 import type { StoredAuditEvent, TailOptions, VerifyResult } from '../audit/log.js';
 import type { CreateKeyInput, CreatedKey, FailureCode, KeyView, Result, TenantView } from '../auth/key-service.js';
 import { staticPrincipal } from '../auth/verify.js';
+import type { McpSessionView } from '../mcp/sessions.js';
+import { openToolPayloads } from '../mcp/payloads.js';
 import type { Config } from '../config/load.js';
 import type { CredentialView, UsageQuery, UsageRow } from '../proxy/management.js';
 import type { PurgeResult, RotationResult } from '../proxy/retention.js';
@@ -19,7 +21,7 @@ import { type Runtime, createRuntime } from '../http/runtime.js';
 import { openDatabase } from '../store/database.js';
 import { prepareDataDir, readAdminToken, runningServer } from '../store/data-dir.js';
 import { migrateToLatest, pendingMigrations } from '../store/migrations.js';
-import { CliError, EXIT } from './exit.js';
+import { CliError, EXIT, unwrap } from './exit.js';
 
 export interface Operations {
   /** How the CLI reached the store, for messages. */
@@ -38,8 +40,11 @@ export interface Operations {
   usage(query: UsageQuery): Promise<UsageRow[]>;
   purge(): Promise<Result<PurgeResult>>;
   rotateEncryption(): Promise<Result<RotationResult>>;
-  auditTail(options: TailOptions): Promise<StoredAuditEvent[]>;
+  /** With `payloads`, tool-call payloads are opened (operators; the CLI is one). */
+  auditTail(options: TailOptions & { payloads?: boolean }): Promise<StoredAuditEvent[]>;
   auditVerify(): Promise<VerifyResult>;
+  listMcpSessions(filter: { tenant?: string | undefined; keyId?: string | undefined }): Promise<McpSessionView[]>;
+  terminateMcpSession(ref: string): Promise<Result<McpSessionView>>;
   close(): Promise<void>;
 }
 
@@ -128,11 +133,18 @@ export class LocalOperations implements Operations {
   rotateEncryption() {
     return this.runtime.proxyManagement.rotateEncryption(CLI_ACTOR);
   }
-  auditTail(options: TailOptions) {
-    return this.runtime.auditReader.tail(options);
+  async auditTail({ payloads, ...options }: TailOptions & { payloads?: boolean }) {
+    const events = await this.runtime.auditReader.tail(options);
+    return payloads ? openToolPayloads(this.runtime.keyRing, events) : events;
   }
   auditVerify() {
     return this.runtime.auditReader.verify();
+  }
+  listMcpSessions(filter: { tenant?: string | undefined; keyId?: string | undefined }) {
+    return this.runtime.mcp.listSessions(CLI_ACTOR, filter);
+  }
+  terminateMcpSession(ref: string) {
+    return this.runtime.mcp.terminateSession(CLI_ACTOR, ref);
   }
   async close() {
     const unwritten = await this.runtime.drain(5_000);
@@ -213,9 +225,9 @@ export class RemoteOperations implements Operations {
     throw new CliError(`The server answered ${response.status}: ${payload.error?.message ?? 'no message'}`, response.status === 401 ? EXIT.unavailable : EXIT.internal);
   }
 
+  /** A failure the server named (bad input, not found) exits as it would have locally. */
   #value<T>(result: Result<T>): T {
-    if (!result.ok) throw new CliError(result.message, EXIT.internal);
-    return result.value;
+    return unwrap(result);
   }
 
   createKey(input: CreateKeyInput) {
@@ -268,8 +280,9 @@ export class RemoteOperations implements Operations {
   rotateEncryption() {
     return this.#call<RotationResult>('POST', '/api/encryption/rotate', undefined, 86_400_000);
   }
-  async auditTail(options: TailOptions) {
+  async auditTail(options: TailOptions & { payloads?: boolean }) {
     const q = new URLSearchParams();
+    if (options.payloads) q.set('payloads', 'true');
     if (options.limit) q.set('limit', String(options.limit));
     if (options.type) q.set('type', options.type);
     if (options.tenantId) q.set('tenant', options.tenantId);
@@ -277,6 +290,15 @@ export class RemoteOperations implements Operations {
   }
   async auditVerify() {
     return this.#value(await this.#call<VerifyResult>('GET', '/api/audit/verify'));
+  }
+  async listMcpSessions(filter: { tenant?: string | undefined; keyId?: string | undefined }) {
+    const q = new URLSearchParams();
+    if (filter.tenant) q.set('tenant', filter.tenant);
+    if (filter.keyId) q.set('key', filter.keyId);
+    return this.#value(await this.#call<{ sessions: McpSessionView[] }>('GET', `/api/mcp/sessions?${q}`)).sessions;
+  }
+  terminateMcpSession(ref: string) {
+    return this.#call<McpSessionView>('DELETE', `/api/mcp/sessions/${encodeURIComponent(ref)}`);
   }
   async close() {}
 }

@@ -5,8 +5,8 @@
  */
 import type { Command } from 'commander';
 import { parseDuration } from '../auth/key-service.js';
-import { CliError, EXIT } from './exit.js';
-import { type WithOperations, unwrap } from './keys.js';
+import { CliError, EXIT, unwrap } from './exit.js';
+import type { WithOperations } from './keys.js';
 import { printJson, printLines, printTable, shortTime } from './output.js';
 
 async function readStdin(): Promise<string> {

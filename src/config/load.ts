@@ -65,6 +65,7 @@ export interface Config {
   readonly jwt: FileConfig['jwt'];
   readonly oidc: FileConfig['oidc'];
   readonly sessions: FileConfig['sessions'];
+  readonly mcp: FileConfig['mcp'];
   readonly log: { readonly level: string };
   readonly limits: { readonly keys: LimitSet | undefined; readonly tenants: Readonly<Record<string, LimitSet>> };
   readonly prices: PriceTable;
@@ -162,6 +163,7 @@ export function loadConfig(options: LoadOptions = {}): Config {
     jwt: { ...file.jwt, privateKeyFile: file.jwt.privateKeyFile && path.resolve(cwd, file.jwt.privateKeyFile) },
     oidc: file.oidc,
     sessions: file.sessions,
+    mcp: file.mcp,
     log: { level: file.log.level },
     limits: { keys: file.limits.keys, tenants: file.limits.tenants },
     prices: file.prices,

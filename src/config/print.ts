@@ -34,7 +34,12 @@ function maskNode(value: unknown, path: readonly string[]): unknown {
 }
 
 function isSecretPath(dotted: string): boolean {
-  for (const secret of SECRET_PATHS) if (dotted === secret || dotted.startsWith(`${secret}.`)) return true;
+  const segments = dotted.split('.');
+  for (const secret of SECRET_PATHS) {
+    const pattern = secret.split('.');
+    // The secret itself or anything under it; `*` matches any one segment.
+    if (segments.length >= pattern.length && pattern.every((part, i) => part === '*' || part === segments[i])) return true;
+  }
   return false;
 }
 

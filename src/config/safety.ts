@@ -145,6 +145,8 @@ export function safetyProblems(config: Config, options: SafetyOptions = {}): str
   if (config.database.url && !/^postgres(ql)?:\/\//.test(config.database.url)) {
     problems.push('DATABASE_URL: must be a postgres:// or postgresql:// URL');
   }
+  const names = config.mcp.upstreams.map((u) => u.name);
+  for (const name of new Set(names.filter((n, i) => names.indexOf(n) !== i))) problems.push(`mcp.upstreams: the name ${name} is used twice`);
   if (config.auth.offRequested && config.auth.requireAuth) {
     problems.push('BULWARK_AUTH: off contradicts BULWARK_REQUIRE_AUTH=true; remove one of them');
   }
@@ -174,9 +176,14 @@ export function safetyProblems(config: Config, options: SafetyOptions = {}): str
     if (weakness) problems.push(`${name}: ${weakness}`);
   }
   // Upstream credentials and tokens must not cross the network in clear text.
+  const mcpUrls = config.mcp.upstreams.flatMap((u, i) => [
+    [`mcp.upstreams[${i}].url (${u.name})`, u.url],
+    ...(u.oauth ? [[`mcp.upstreams[${i}].oauth.tokenUrl (${u.name})`, u.oauth.tokenUrl]] : []),
+  ]) as [string, string][];
   for (const [name, url] of [
     ['BULWARK_UPSTREAM_URL', config.upstream.url],
     ['upstream.oauthTokenUrl', config.upstream.oauthTokenUrl],
+    ...mcpUrls,
   ] as const) {
     const parsed = new URL(url);
     if (parsed.protocol !== 'https:' && !isLoopbackHost(parsed.hostname)) problems.push(`${name}: must be https (it carries upstream credentials)`);

@@ -39,6 +39,25 @@ export const PriceSchema = z.strictObject({
   cacheRead: z.number().min(0).optional(),
 });
 
+/** One upstream MCP server Bulwark fronts. Its credential stays in Bulwark; clients never see it. */
+export const McpUpstreamSchema = z.strictObject({
+  /** Namespace of its tools (`<name>__<tool>`), in audit events and in `mcp.scopes` keys. */
+  name: z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be lower-case letters, digits, _ or - (at most 32)'),
+  url: z.url(),
+  /** Serve its names as they are, without the `<name>__` prefix. */
+  unprefixed: z.boolean().default(false),
+  /** Headers Bulwark sends upstream (e.g. its own Authorization); secrets. */
+  headers: z.record(z.string().regex(/^[A-Za-z0-9-]+$/, 'is not a header name'), z.string()).default({}),
+  /** OAuth 2.0 client credentials (RFC 6749 §4.4) Bulwark uses to get its own upstream token. */
+  oauth: z
+    .strictObject({ tokenUrl: z.url(), clientId: nonEmpty, clientSecret: nonEmpty, scope: nonEmpty.optional(), resource: z.url().optional() })
+    .optional(),
+  /** The scope its tools need unless `mcp.scopes` names one; resources and prompts need `read`. */
+  toolScope: scope.default('write'),
+  /** Per-request deadline for calls to it. */
+  timeoutMs: count.max(600_000).default(30_000),
+});
+
 export const FileConfigSchema = z.strictObject({
   mode: z.enum(['development', 'production']).optional(),
   server: z
@@ -225,6 +244,35 @@ export const FileConfigSchema = z.strictObject({
   sessions: z
     .strictObject({ idleMinutes: count.max(24 * 60).default(60), absoluteHours: count.max(24 * 30).default(12) })
     .default({ idleMinutes: 60, absoluteHours: 12 }),
+  /** The MCP endpoint (`/mcp`): sessions, resumable history, per-tool scopes and limits, upstream servers. */
+  mcp: z
+    .strictObject({
+      sessions: z
+        .strictObject({ idleMinutes: count.max(24 * 60).default(30), maxHours: count.max(24 * 7).default(2) })
+        .default({ idleMinutes: 30, maxHours: 2 }),
+      /** The encrypted SSE history behind Last-Event-ID: how long and how much of it a session keeps. */
+      events: z
+        .strictObject({ maxAgeSeconds: count.max(86_400).default(300), maxEvents: count.max(100_000).default(1000) })
+        .default({ maxAgeSeconds: 300, maxEvents: 1000 }),
+      /** The scope a tool, resource (by URI) or prompt needs, overriding its default. */
+      scopes: z.record(nonEmpty, scope).default({}),
+      /** Calls per minute per key: for one tool (by its listed name), or for everything needing one scope. */
+      rateLimits: z
+        .strictObject({ tools: z.record(nonEmpty, count).default({}), scopes: z.record(scope, count).default({}) })
+        .default({ tools: {}, scopes: {} }),
+      /** A tool result larger than this (bytes of JSON) is replaced by an error result. */
+      maxResultBytes: count.default(4 * 1024 * 1024),
+      /** Upstream MCP servers whose tools, resources and prompts Bulwark serves under `<name>__`. */
+      upstreams: z.array(McpUpstreamSchema).default([]),
+    })
+    .default({
+      sessions: { idleMinutes: 30, maxHours: 2 },
+      events: { maxAgeSeconds: 300, maxEvents: 1000 },
+      scopes: {},
+      rateLimits: { tools: {}, scopes: {} },
+      maxResultBytes: 4 * 1024 * 1024,
+      upstreams: [],
+    }),
   /** Limits for /v1 calls: `keys` applies to every key without limits of its own; `tenants` per tenant. */
   limits: z
     .strictObject({ keys: LimitSetSchema.optional(), tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'is not a tenant id'), LimitSetSchema).default({}) })
@@ -310,6 +358,9 @@ export const SECRET_PATHS = new Set([
   'secrets.adminKey',
   'secrets.keyHashSecret',
   'bootstrapKey.key',
+  // `*` stands for one path segment (an array index here).
+  'mcp.upstreams.*.headers',
+  'mcp.upstreams.*.oauth.clientSecret',
 ]);
 
 export function envNameFor(path: readonly (string | number | symbol)[]): string | undefined {

@@ -28,6 +28,7 @@ import { clientIp } from './client-info.js';
 import type { BulwarkEnv } from './context.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { requestId } from './request-id.js';
+import { MCP_PATH, resourceMetadataRoutes, resourceMetadataUrl } from '../mcp/metadata.js';
 import { adminApiRoutes } from './routes/admin-api.js';
 import { authTokenRoutes, jwksRoutes } from './routes/auth-token.js';
 import { healthRoutes, readinessRoutes } from './routes/health.js';
@@ -113,20 +114,32 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
   app.route('/', healthRoutes());
   edge(app, runtime, 'public');
   if (runtime.jwtIssuer) app.route('/', jwksRoutes(runtime.jwtIssuer));
+  app.route(
+    '/',
+    resourceMetadataRoutes({
+      publicUrl: config.server.publicUrl,
+      authorizationServers: config.oidc ? [config.oidc.issuer] : [],
+      scopes: () => runtime.mcpRegistry.scopes(),
+    }),
+  );
 
   app.use(
     '*',
     authenticate({
       verifier: runtime.publicVerifier,
       tokenVerifiers: runtime.tokenVerifiers,
+      tokenVerifiersFor: (path) => (path === MCP_PATH ? runtime.mcpTokenVerifiers : undefined),
       audit,
       required: config.auth.enabled,
       onFailure: (ip, c) => runtime.authFailures.recordFailure(ip, c),
+      // RFC 9728 §5.1: an MCP client learns from the 401 where to get a token for this resource.
+      challengeParams: (c) => (c.req.path === MCP_PATH ? `resource_metadata="${resourceMetadataUrl(c, config.server.publicUrl)}"` : undefined),
     }),
   );
   afterAuthentication(app, runtime, 'public');
   app.route('/', whoamiRoutes());
   if (runtime.jwtIssuer) app.route('/', authTokenRoutes({ issuer: runtime.jwtIssuer, audit }));
+  app.route('/', runtime.mcp.routes());
   app.route(
     '/',
     proxyRoutes({
@@ -170,6 +183,6 @@ export function createAdminApp(runtime: Runtime): Hono<BulwarkEnv> {
     c.text(runtime.metrics.render(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }),
   );
   app.use('*', requireScope('admin', { audit }));
-  app.route('/', adminApiRoutes({ keyService: runtime.keyService, proxyManagement: runtime.proxyManagement, auditReader: runtime.auditReader, audit }));
+  app.route('/', adminApiRoutes({ mcp: runtime.mcp, keyRing: runtime.keyRing, keyService: runtime.keyService, proxyManagement: runtime.proxyManagement, auditReader: runtime.auditReader, audit }));
   return app;
 }

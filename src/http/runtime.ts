@@ -35,6 +35,16 @@ import { DatabaseSessionStore, type SessionStore, keyStillValidInStore } from '.
 import { type AuthFailureTracker, authFailureTracker } from '../security/lockout.js';
 import { MemoryRateLimiter, type RateLimiterRuntime } from '../security/rate-limiter.js';
 import type { Logger } from './logger.js';
+import { maskedConfig } from '../config/print.js';
+import { VERSION } from '../version.js';
+import { builtinSource } from '../mcp/builtin.js';
+import { databaseEventHistory } from '../mcp/event-store.js';
+import { McpGateway } from '../mcp/gateway.js';
+import { MCP_PATH, resourceMetadataUrl } from '../mcp/metadata.js';
+import { McpRegistry } from '../mcp/registry.js';
+import { McpSessionStore } from '../mcp/sessions.js';
+import { sealToolPayload } from '../mcp/payloads.js';
+import { UpstreamSource } from '../mcp/upstream.js';
 
 export interface Runtime {
   readonly config: Config;
@@ -73,11 +83,18 @@ export interface Runtime {
   readonly jwtIssuer: JwtIssuer | undefined;
   /** Bearer tokens the public listener accepts besides keys: Bulwark JWTs, then OIDC tokens. */
   readonly tokenVerifiers: readonly TokenVerifier[];
+  /** The same for `/mcp`: OIDC tokens must name the MCP resource as their audience (RFC 8707). */
+  readonly mcpTokenVerifiers: readonly TokenVerifier[];
   /** The admin listener's cookie sessions. */
   readonly sessions: SessionStore;
   /** Whether the key behind a session may still be used (checked on every session request). */
   keyStillValid(keyId: string): Promise<false | { allowedCidrs: readonly string[] }>;
   readonly startedAt: Date;
+  /** What `/mcp` serves, and the endpoint itself with its sessions. */
+  readonly mcpRegistry: McpRegistry;
+  readonly mcp: McpGateway;
+  /** Connects to the configured upstream MCP servers (in the background; a down one is retried). */
+  startUpstreams(): Promise<void>;
   audit(event: AuditEventInput): void;
   /** Writes everything queued now (audit events, last-used times); rejects while the database is away. */
   flush(): Promise<void>;
@@ -259,17 +276,55 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       adminVerifier.invalidate(id);
       // Other instances stop a revoked key's sessions through keyStillValid; this ends them here and now.
       sessions.destroyForKey(id).catch((err: unknown) => logger.warn({ keyId: id, error: (err as Error).message }, 'could not end the sessions of an invalidated key'));
+      mcp.endForKey(id).catch((err: unknown) => logger.warn({ keyId: id, error: (err as Error).message }, 'could not end the MCP sessions of an invalidated key'));
     },
   });
 
   const rateLimiter = options.rateLimiter ?? { limiter: new MemoryRateLimiter('bulwark:rl'), backend: 'memory' as const, close: async () => {} };
   const authFailures = authFailureTracker({ limiter: rateLimiter.limiter, audit, ...config.rateLimits.lockout });
   const jwt = jwtFor(config, logger);
-  const tokenVerifiers: TokenVerifier[] = [
-    ...(jwt ? [bulwarkTokenVerifier({ jwt: jwt.verifier, keys: publicVerifier })] : []),
-    ...(config.oidc ? [oidcVerifier({ ...config.oidc })] : []),
-  ];
+  const bulwarkTokens = jwt ? [bulwarkTokenVerifier({ jwt: jwt.verifier, keys: publicVerifier })] : [];
+  const tokenVerifiers: TokenVerifier[] = [...bulwarkTokens, ...(config.oidc ? [oidcVerifier({ ...config.oidc })] : [])];
+  // A token the identity provider issued for the MCP resource (RFC 8707 `resource`, which MCP
+  // clients send) names its URL as audience; one issued for anything else is refused there.
+  const mcpAudience = config.server.publicUrl ? `${config.server.publicUrl.replace(/\/+$/, '')}${MCP_PATH}` : config.oidc?.audience;
+  const mcpTokenVerifiers: TokenVerifier[] = [...bulwarkTokens, ...(config.oidc && mcpAudience ? [oidcVerifier({ ...config.oidc, audience: mcpAudience })] : [])];
   const staticKeyIds = ['admin-token', ...(config.secrets.adminKey ? ['admin-key'] : []), ...(config.bootstrapKey.key ? ['bootstrap'] : [])];
+
+  const startedAt = new Date();
+  const mcpRegistry = new McpRegistry(config.mcp.scopes);
+  const upstreams: UpstreamSource[] = config.mcp.upstreams.map(
+    (upstream) =>
+      new UpstreamSource({
+        config: upstream,
+        logger,
+        onListsChanged: () => mcpRegistry.refresh(),
+        notifySession: (hash, notification) => mcp.notify(hash, notification),
+      }),
+  );
+  const mcpSessions = new McpSessionStore(database.db, { idleMs: config.mcp.sessions.idleMinutes * 60_000, maxMs: config.mcp.sessions.maxHours * 3_600_000 });
+  const mcp = new McpGateway({
+    registry: mcpRegistry,
+    sessions: mcpSessions,
+    history: databaseEventHistory(database.db, {
+      keyRing,
+      maxAgeMs: config.mcp.events.maxAgeSeconds * 1000,
+      maxEvents: config.mcp.events.maxEvents,
+      onTampered: (event) =>
+        audit({ type: 'mcp.event_tampered', outcome: 'failure', details: { ref: event.sessionHash.slice(0, 16), streamId: event.streamId, eventId: event.eventId, reason: event.reason } }),
+    }),
+    limiter: rateLimiter.limiter,
+    rateLimits: config.mcp.rateLimits,
+    maxResultBytes: config.mcp.maxResultBytes,
+    sealPayload: config.storage.bodies ? (tenant, callId, payload) => sealToolPayload(keyRing, tenant, callId, payload) : undefined,
+    resourceMetadataUrl: (c) => resourceMetadataUrl(c, config.server.publicUrl),
+    audit,
+    logger,
+    onRefused: (limit) => metrics.inc('bulwark_rate_limited_total', 'Requests refused with 429 by the rate limits and lockouts, by limit.', { limit }),
+    onSessionClosed: (hash) => {
+      for (const upstream of upstreams) upstream.closeSession(hash);
+    },
+  });
 
   const proxyManagement = new ProxyManagement({
     db: database.db,
@@ -280,6 +335,25 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     stored: storedCredentials,
     audit,
   });
+
+  const auditReader = createAuditReader(database.db, auditLog, anchorFile);
+  mcpRegistry.add(
+    builtinSource({
+      version: VERSION,
+      startedAt,
+      async storeHealth() {
+        const started = performance.now();
+        const ok = await database.ping().then(() => true, () => false);
+        return { kind: database.kind, ok, ms: Math.round(performance.now() - started) };
+      },
+      liveSessions: async () => (await mcpSessions.list()).length,
+      usage: (tenant, since) => proxyManagement.usage({ principal: staticPrincipal('operator', 'mcp', 'MCP usage_summary', ['admin']), via: 'admin-api' }, { tenant, since }),
+      auditTail: (tailOptions) => auditReader.tail(tailOptions),
+      securityPolicy: () => maskedConfig(config),
+    }),
+  );
+  // After Bulwark's own, so an upstream can never shadow a built-in name.
+  for (const upstream of upstreams) mcpRegistry.add(upstream);
 
   return {
     config,
@@ -301,7 +375,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     tenants,
     keyService,
     auditLog,
-    auditReader: createAuditReader(database.db, auditLog, anchorFile),
+    auditReader,
     publicVerifier,
     adminVerifier,
     adminToken,
@@ -309,15 +383,23 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     authFailures,
     jwtIssuer: jwt?.issuer,
     tokenVerifiers,
+    mcpTokenVerifiers,
     sessions,
     keyStillValid: keyStillValidInStore({ keys, staticKeyIds }),
-    startedAt: new Date(),
+    startedAt,
+    mcpRegistry,
+    mcp,
+    async startUpstreams() {
+      await Promise.all(upstreams.map((upstream) => upstream.start()));
+    },
     audit,
     async flush() {
       await Promise.all([auditLog.flush(), lastUsed.flush(), requestLog.flush()]);
     },
     async stop() {
       fileCredentials.stop();
+      await mcp.close();
+      await Promise.all(upstreams.map((upstream) => upstream.stop()));
       await alerter.settled();
       await Promise.all([upstream.close(), rateLimiter.close()]);
     },

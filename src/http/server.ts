@@ -107,6 +107,8 @@ export async function startServer(config: Config, options: StartOptions): Promis
     await Promise.all(['admin-token', 'admin-key', 'bootstrap'].map((id) => runtime.sessions.destroyForKey(id)));
     await ensureDefaultTenant(runtime);
     runtime.fileCredentials.start();
+    // Not awaited: an upstream MCP server that does not answer must not hold up the start; it joins the lists when it connects.
+    void runtime.startUpstreams();
   } catch (err) {
     try {
       await runtime.drain(1_000);
@@ -183,6 +185,11 @@ export async function startServer(config: Config, options: StartOptions): Promis
     runtime.sessions.purgeExpired().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'expired sessions could not be purged; will try again'));
   }, 600_000);
   sessionPurgeTimer.unref();
+  // MCP sessions: idle ones end within a minute of their limit; old event history goes too.
+  const mcpPurgeTimer = setInterval(() => {
+    runtime.mcp.purge().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'MCP sessions could not be purged; will try again'));
+  }, 60_000);
+  mcpPurgeTimer.unref();
 
   let closing: Promise<void> | undefined;
   return {
@@ -193,6 +200,9 @@ export async function startServer(config: Config, options: StartOptions): Promis
       closing ??= (async () => {
         clearInterval(purgeTimer);
         clearInterval(sessionPurgeTimer);
+        clearInterval(mcpPurgeTimer);
+        // Open MCP streams would hold the listeners open; their sessions stay in the store for the next start.
+        await runtime.mcp.close();
         await Promise.all(servers.map(closeServer));
         runtime.audit({ type: 'server.stopped', outcome: 'info', details: { version: VERSION } });
         const unwritten = await runtime.drain(5_000);

@@ -128,6 +128,49 @@ const MIGRATIONS: Record<string, Migration> = {
       await sql`create index admin_sessions_key_idx on admin_sessions (key_id)`.execute(db);
     },
   },
+  '0004_mcp': {
+    async up(db) {
+      // MCP sessions (src/mcp/sessions.ts). Keyed, like admin sessions, by SHA-256 of the
+      // Mcp-Session-Id: the id travels only in the client's header. `ref` is a short public
+      // handle (a prefix of that hash) for operators listing and ending sessions. A session
+      // belongs to the key that opened it (`key_id`); `init_params` is the client's initialize
+      // request, kept so a restarted server can rebuild the session's protocol state.
+      await sql`
+        create table mcp_sessions (
+          id_hash text primary key,
+          ref text not null unique,
+          tenant_id text not null,
+          key_id text not null,
+          principal_kind text not null,
+          client_name text,
+          client_version text,
+          protocol_version text not null,
+          init_params jsonb not null,
+          created_at timestamptz not null,
+          last_seen_at timestamptz not null,
+          expires_at timestamptz not null,
+          ended_at timestamptz,
+          end_reason text
+        )`.execute(db);
+      await sql`create index mcp_sessions_key_idx on mcp_sessions (key_id)`.execute(db);
+      await sql`create index mcp_sessions_expires_idx on mcp_sessions (expires_at)`.execute(db);
+      // The resumable SSE history (src/mcp/event-store.ts). `payload` is AES-256-GCM ciphertext
+      // bound to session, stream and event id; `seq` orders a stream's events for replay.
+      await sql`
+        create table mcp_events (
+          id text primary key,
+          seq bigserial not null,
+          session_hash text not null,
+          stream_id text not null,
+          payload text not null,
+          created_at timestamptz not null default now()
+        )`.execute(db);
+      await sql`create index mcp_events_stream_idx on mcp_events (session_hash, stream_id, seq)`.execute(db);
+      // Trimming a session to its newest events orders the whole session by seq.
+      await sql`create index mcp_events_session_idx on mcp_events (session_hash, seq)`.execute(db);
+      await sql`create index mcp_events_created_idx on mcp_events (created_at)`.execute(db);
+    },
+  },
 };
 
 /** Every migration, in the order they apply. */

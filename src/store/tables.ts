@@ -106,6 +106,38 @@ export interface AdminSessionsTable {
   user_agent: string | null;
 }
 
+/** An MCP session on the public listener; see migration 0004. */
+export interface McpSessionsTable {
+  /** SHA-256 (hex) of the Mcp-Session-Id; the id is never stored. */
+  id_hash: string;
+  /** The first 16 hex characters of `id_hash`: what operators see and end sessions by. */
+  ref: string;
+  tenant_id: string;
+  key_id: string;
+  principal_kind: string;
+  client_name: string | null;
+  client_version: string | null;
+  protocol_version: string;
+  /** The client's `initialize` params (capabilities, client info), to rebuild the session after a restart. */
+  init_params: Json<Record<string, unknown>>;
+  created_at: Timestamp;
+  last_seen_at: Timestamp;
+  /** Absolute end of the session, whatever its activity. */
+  expires_at: Timestamp;
+  ended_at: NullableTimestamp;
+  end_reason: string | null;
+}
+
+/** One stored SSE event of an MCP session, encrypted; see migration 0004. */
+export interface McpEventsTable {
+  id: string;
+  seq: ColumnType<string | number, never, never>;
+  session_hash: string;
+  stream_id: string;
+  payload: string;
+  created_at: DefaultedTimestamp;
+}
+
 export interface Tables {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -113,4 +145,6 @@ export interface Tables {
   requests: RequestsTable;
   upstream_credentials: UpstreamCredentialsTable;
   admin_sessions: AdminSessionsTable;
+  mcp_sessions: McpSessionsTable;
+  mcp_events: McpEventsTable;
 }

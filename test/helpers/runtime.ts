@@ -68,6 +68,8 @@ export async function startTestBulwark(engine: Engine, env: Record<string, strin
   const runtime = createRuntime({ config, logger, database: testDb.database, flushIntervalMs: 20 });
   await ensureDefaultTenant(runtime);
   runtime.fileCredentials.start();
+  // Awaited here (not in the server) so a test's first tools/list already shows the upstreams.
+  await runtime.startUpstreams();
   const publicApp = createPublicApp(runtime);
   const adminApp = createAdminApp(runtime);
   const servers: ServerType[] = [];
@@ -92,6 +94,8 @@ export async function startTestBulwark(engine: Engine, env: Record<string, strin
       return { key: result.value.key, id: result.value.id };
     },
     async close() {
+      // Open MCP streams would keep the listeners from closing, as in the real server's shutdown.
+      await runtime.mcp.close();
       await Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
       await runtime.drain(2_000);
       await runtime.stop();

@@ -10,6 +10,9 @@ import { type Actor, type FailureCode, type KeyService, type Result, operatorOnl
 import { crossesTenants } from '../../auth/principal.js';
 import { LimitSetSchema, SCOPE_PATTERN } from '../../config/schema.js';
 import type { ProxyManagement } from '../../proxy/management.js';
+import type { McpGateway } from '../../mcp/gateway.js';
+import { openToolPayloads } from '../../mcp/payloads.js';
+import type { KeyRing } from '../../store/crypto.js';
 import { clientIp, requestPath } from '../client-info.js';
 import type { BulwarkEnv } from '../context.js';
 import { ApiError, type ErrorCode } from '../errors.js';
@@ -62,9 +65,16 @@ const TailQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(1000).optional(),
   type: z.string().max(100).optional(),
   tenant: z.string().optional(),
+  /** Open the encrypted tool-call payloads (operators only). */
+  payloads: z.enum(['true', 'false']).optional(),
 });
 
+const McpSessionsQuery = z.strictObject({ tenant: TenantParam.optional(), key: KeyId.optional() });
+const McpRef = z.string().regex(/^[0-9a-f]{16}$/, 'is not a session ref (16 hex characters)');
+
 export interface AdminApiOptions {
+  mcp: McpGateway;
+  keyRing: KeyRing;
   keyService: KeyService;
   proxyManagement: ProxyManagement;
   auditReader: AuditReader;
@@ -72,7 +82,7 @@ export interface AdminApiOptions {
 }
 
 export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
-  const { keyService, proxyManagement, auditReader, audit } = options;
+  const { keyService, proxyManagement, auditReader, audit, mcp, keyRing } = options;
   const keyId = (c: Context<BulwarkEnv>) => {
     const parsed = KeyId.safeParse(c.req.param('id'));
     if (!parsed.success) throw new ApiError('validation_failed', 'id: is not a key id');
@@ -126,12 +136,25 @@ export function adminApiRoutes(options: AdminApiOptions): Hono<BulwarkEnv> {
     .post('/api/encryption/rotate', async (c) => c.json(unwrap(await proxyManagement.rotateEncryption(actorOf(c)))))
     .get('/api/audit/events', async (c) => {
       const q = readQuery(c, TailQuery);
+      if (q.payloads === 'true') {
+        const refused = operatorOnly(actorOf(c), audit, 'audit.payloads', 'Only an operator can read tool-call payloads.');
+        if (refused) unwrap(refused);
+      }
       const events: StoredAuditEvent[] = await auditReader.tail({ limit: q.limit, type: q.type, tenantId: auditTenant(c, q.tenant) });
-      return c.json({ events });
+      return c.json({ events: q.payloads === 'true' ? openToolPayloads(keyRing, events) : events });
     })
     .get('/api/audit/verify', async (c) => {
       const refused = operatorOnly(actorOf(c), audit, 'audit.verify', 'Only an operator can verify the whole audit chain.');
       if (refused) unwrap(refused);
       return c.json(await auditReader.verify());
+    })
+    .get('/api/mcp/sessions', async (c) => {
+      const q = readQuery(c, McpSessionsQuery);
+      return c.json({ sessions: await mcp.listSessions(actorOf(c), { tenant: q.tenant, keyId: q.key }) });
+    })
+    .delete('/api/mcp/sessions/:ref', async (c) => {
+      const parsed = McpRef.safeParse(c.req.param('ref'));
+      if (!parsed.success) throw new ApiError('validation_failed', 'ref: is not a session ref (16 hex characters)');
+      return c.json(unwrap(await mcp.terminateSession(actorOf(c), parsed.data)));
     });
 }

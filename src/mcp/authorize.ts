@@ -1,0 +1,74 @@
+/**
+ * The scope each JSON-RPC request to `/mcp` needs, decided before the SDK sees it so that a
+ * refusal can be an HTTP 403 with `WWW-Authenticate: Bearer error="insufficient_scope"` — the
+ * step-up signal of the MCP authorization spec — rather than a JSON-RPC error a client cannot
+ * act on. The SDK's handlers check again (./server.ts), so nothing depends on this alone.
+ */
+import type { McpRegistry } from './registry.js';
+
+/** What a request needs, and what it is about (for the audit event and the message). */
+export interface Requirement {
+  scope: string;
+  /** `tools/call deploy`, `resources/read bulwark://security-policy`, `tools/list`. */
+  target: string;
+  /** The tool a `tools/call` names, for per-tool rate limits. */
+  tool?: string;
+}
+
+interface JsonRpcRequestLike {
+  method: string;
+  params?: Record<string, unknown>;
+}
+
+/** Requests anyone authenticated may send: the handshake, liveness, and cancelling one's own requests. */
+const OPEN_METHODS = new Set(['initialize', 'ping']);
+
+export function isJsonRpcRequest(message: unknown): message is JsonRpcRequestLike & { id: string | number } {
+  if (typeof message !== 'object' || message === null) return false;
+  const m = message as Record<string, unknown>;
+  return typeof m.method === 'string' && (typeof m.id === 'string' || typeof m.id === 'number');
+}
+
+function stringParam(params: Record<string, unknown> | undefined, name: string): string | undefined {
+  const value = params?.[name];
+  return typeof value === 'string' ? value : undefined;
+}
+
+/**
+ * The requirement of one request, or undefined when any authenticated caller may send it.
+ * Unknown names need the family's base scope, so the SDK answers "not found" only to callers
+ * who could have listed the thing had it existed.
+ */
+export function requirementOf(request: JsonRpcRequestLike, registry: McpRegistry): Requirement | undefined {
+  const { method, params } = request;
+  if (OPEN_METHODS.has(method)) return undefined;
+  switch (method) {
+    case 'tools/call': {
+      const name = stringParam(params, 'name') ?? '';
+      return { scope: registry.tool(name)?.scope ?? 'read', target: `tools/call ${name}`, tool: name };
+    }
+    case 'resources/read':
+    case 'resources/subscribe':
+    case 'resources/unsubscribe': {
+      const uri = stringParam(params, 'uri') ?? '';
+      return { scope: registry.resource(uri)?.scope ?? 'read', target: `${method} ${uri}` };
+    }
+    case 'prompts/get': {
+      const name = stringParam(params, 'name') ?? '';
+      return { scope: registry.prompt(name)?.scope ?? 'read', target: `prompts/get ${name}` };
+    }
+    case 'completion/complete': {
+      const ref = params?.ref as { type?: unknown; name?: unknown; uri?: unknown } | undefined;
+      if (ref?.type === 'ref/prompt' && typeof ref.name === 'string') {
+        return { scope: registry.prompt(ref.name)?.scope ?? 'read', target: `completion/complete prompt ${ref.name}` };
+      }
+      if (ref?.type === 'ref/resource' && typeof ref.uri === 'string') {
+        return { scope: registry.resourceTemplate(ref.uri)?.scope ?? 'read', target: `completion/complete resource ${ref.uri}` };
+      }
+      return { scope: 'read', target: method };
+    }
+    default:
+      // Listing, logging/setLevel, and methods the SDK will answer "not found" to.
+      return { scope: 'read', target: method };
+  }
+}

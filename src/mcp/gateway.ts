@@ -1,0 +1,373 @@
+/**
+ * `/mcp`: the Streamable HTTP endpoint (MCP 2025-11-25) in front of the registry.
+ *
+ * The SDK's web-standard transport does the protocol: POST with JSON or SSE answers, GET for
+ * the server's stream, DELETE, `MCP-Protocol-Version`, resumption through the event store.
+ * This module decides everything around it:
+ *
+ * - Authorization before the SDK: each JSON-RPC request's scope (./authorize.ts). A caller
+ *   without it gets HTTP 403 with `WWW-Authenticate: Bearer error="insufficient_scope",
+ *   scope="…", resource_metadata="…"`, audited as `authz.denied`.
+ * - Per-tool and per-scope limits through the shared rate limiter (429 with Retry-After).
+ * - Sessions (./sessions.ts): one SDK transport and server per session, kept in memory; the
+ *   session itself lives in the store. Every request checks the store, so a session ended
+ *   anywhere (DELETE, an operator, the idle timer, another instance) is gone at once. A
+ *   session presented by anyone but the key that opened it is answered exactly like an
+ *   unknown one (404) and audited as `mcp.session_violation`.
+ * - After a restart, or on another instance, a session found in the store but not in memory
+ *   is rebuilt by replaying its stored `initialize` into a fresh transport, so the SDK holds
+ *   the client's capabilities again. Streams open at the restart are lost; their history is
+ *   still in the event store for `Last-Event-ID`.
+ */
+import { WebStandardStreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js';
+import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import type { ServerNotification } from '@modelcontextprotocol/sdk/types.js';
+import type { Context } from 'hono';
+import { Hono } from 'hono';
+import type { AuditEventInput } from '../audit/log.js';
+import { type Actor, type Result, actorFacts } from '../auth/key-service.js';
+import { type Principal, crossesTenants } from '../auth/principal.js';
+import { hasScope } from '../auth/scopes.js';
+import { requestFacts } from '../http/client-info.js';
+import type { BulwarkEnv } from '../http/context.js';
+import { ApiError } from '../http/errors.js';
+import type { Logger } from '../http/logger.js';
+import { parseJsonBody } from '../security/json.js';
+import { crossedLimit, refusalHeaders } from '../security/rate-limit.js';
+import type { RateLimiter, RateLimitResult } from '../security/rate-limiter.js';
+import { type Requirement, isJsonRpcRequest, requirementOf } from './authorize.js';
+import type { EventHistory } from './event-store.js';
+import type { McpRegistry } from './registry.js';
+import { type SessionServerOptions, authInfoFor, createSessionServer } from './server.js';
+import { type McpSession, type McpSessionView, McpSessionStore, describeMcpSession, hashSessionId } from './sessions.js';
+
+export interface McpGatewayOptions {
+  registry: McpRegistry;
+  sessions: McpSessionStore;
+  history: EventHistory;
+  limiter: RateLimiter;
+  rateLimits: { tools: Readonly<Record<string, number>>; scopes: Readonly<Record<string, number>> };
+  maxResultBytes: number;
+  /** With body storage on: seals a tool call's arguments and result into its audit event. */
+  sealPayload?: SessionServerOptions['sealPayload'];
+  /** The RFC 9728 metadata URL for this resource, named in every 401 and 403 challenge. */
+  resourceMetadataUrl(c: Context<BulwarkEnv>): string;
+  audit(event: AuditEventInput): void;
+  logger: Logger;
+  /** Told when a session ends here, for per-session state elsewhere (upstream connections). */
+  onSessionClosed?: (sessionHash: string) => void;
+  /** Counted into a metric (`mcp_tool`, `mcp_scope`). */
+  onRefused?: (limit: string) => void;
+}
+
+interface LiveSession {
+  readonly server: Server;
+  readonly transport: WebStandardStreamableHTTPServerTransport;
+}
+
+const JSONRPC_HEADERS = { 'content-type': 'application/json' };
+
+/** A JSON-RPC error answer with no id, as the SDK's transport writes its own. */
+function jsonRpcError(status: number, code: number, message: string, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify({ jsonrpc: '2.0', error: { code, message }, id: null }), { status, headers: { ...JSONRPC_HEADERS, ...headers } });
+}
+
+/** What the SDK answers for a session it does not know; an unknown, ended and foreign session all get exactly this. */
+const sessionNotFound = () => jsonRpcError(404, -32001, 'Session not found');
+
+function isJsonContentType(value: string | undefined): boolean {
+  return value !== undefined && /^application\/json\s*(;|$)/i.test(value.trim());
+}
+
+export class McpGateway {
+  readonly #o: McpGatewayOptions;
+  readonly #live = new Map<string, LiveSession>();
+  /** Rebuilds in progress, so two requests racing after a restart share one. */
+  readonly #restoring = new Map<string, Promise<LiveSession>>();
+  readonly #unsubscribe: () => void;
+
+  constructor(options: McpGatewayOptions) {
+    this.#o = options;
+    this.#unsubscribe = options.registry.onListChanged((kind) => {
+      for (const { server } of this.#live.values()) {
+        const send = kind === 'tools' ? server.sendToolListChanged() : kind === 'resources' ? server.sendResourceListChanged() : server.sendPromptListChanged();
+        void send.catch(() => {});
+      }
+    });
+  }
+
+  routes(): Hono<BulwarkEnv> {
+    return new Hono<BulwarkEnv>().all('/mcp', (c) => this.#handle(c));
+  }
+
+  async #handle(c: Context<BulwarkEnv>): Promise<Response> {
+    const principal = c.get('principal');
+    if (!principal) throw new Error('mcp gateway used before authenticate');
+    const method = c.req.method;
+    if (method !== 'GET' && method !== 'POST' && method !== 'DELETE') {
+      return jsonRpcError(405, -32000, 'Method not allowed.', { allow: 'GET, POST, DELETE' });
+    }
+
+    let parsedBody: unknown;
+    if (method === 'POST' && isJsonContentType(c.req.header('content-type'))) {
+      const text = await c.req.text();
+      try {
+        parsedBody = parseJsonBody(text);
+      } catch (err) {
+        if (err instanceof ApiError && err.code !== 'invalid_json') throw err;
+        return jsonRpcError(400, -32700, 'Parse error: Invalid JSON');
+      }
+    }
+    const messages: unknown[] = parsedBody === undefined ? [] : Array.isArray(parsedBody) ? parsedBody : [parsedBody];
+    const requests = messages.filter(isJsonRpcRequest);
+    const requirements = requests.map((r) => requirementOf(r, this.#o.registry)).filter((r): r is Requirement => r !== undefined);
+    for (const requirement of requirements) {
+      if (!hasScope(principal.scopes, requirement.scope)) this.#deny(c, principal, requirement);
+    }
+    await this.#limit(c, principal, requirements);
+
+    const sessionId = c.req.header('mcp-session-id');
+    const initialize = requests.find((r) => r.method === 'initialize');
+    if (sessionId === undefined) {
+      if (initialize) return this.#open(c, principal, parsedBody, initialize.params ?? {});
+      return jsonRpcError(400, -32000, 'Bad Request: Mcp-Session-Id header is required');
+    }
+
+    const session = await this.#session(c, principal, sessionId);
+    if (!session) return sessionNotFound();
+    const live = this.#live.get(session.hash) ?? (await this.#restore(session, principal, sessionId));
+    const response = await live.transport.handleRequest(c.req.raw, { parsedBody, authInfo: authInfoFor(principal) });
+    if (method === 'DELETE' && response.status === 200) await this.#ended(session, 'deleted', c);
+    return response;
+  }
+
+  /** The caller's live session, or undefined after auditing why not. */
+  async #session(c: Context<BulwarkEnv>, principal: Principal, sessionId: string): Promise<McpSession | undefined> {
+    let lookup;
+    try {
+      lookup = await this.#o.sessions.lookup(sessionId);
+    } catch (err) {
+      this.#o.logger.error({ err }, 'mcp session lookup failed');
+      throw new ApiError('service_unavailable', 'Bulwark cannot check MCP sessions right now; try again shortly.', { 'Retry-After': '1' });
+    }
+    if (!lookup.ok) {
+      const hash = hashSessionId(sessionId);
+      // The lookup itself ended an idle or expired session; whatever this process still holds of it goes too.
+      if (lookup.reason !== 'unknown') {
+        this.#o.audit({ type: 'mcp.session_ended', outcome: 'info', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { reason: lookup.reason, ref: hash.slice(0, 16) } });
+        await this.#forget(hash);
+      }
+      this.#closeLocal(hash);
+      return undefined;
+    }
+    const { session } = lookup;
+    if (session.keyId !== principal.keyId) {
+      // Indistinguishable from an unknown session to the caller; loud in the audit log.
+      this.#o.audit({
+        type: 'mcp.session_violation',
+        outcome: 'denied',
+        tenantId: principal.tenant,
+        keyId: principal.keyId,
+        ...requestFacts(c),
+        details: { ref: session.ref, ownerKeyId: session.keyId, ownerTenant: session.tenant },
+      });
+      return undefined;
+    }
+    return session;
+  }
+
+  /** A new session for an initialize request without a session id. */
+  async #open(c: Context<BulwarkEnv>, principal: Principal, parsedBody: unknown, params: Record<string, unknown>): Promise<Response> {
+    const id = McpSessionStore.newId();
+    const hash = hashSessionId(id);
+    let created: McpSession | undefined;
+    const live = await this.#build(hash, id, async () => {
+      created = await this.#o.sessions.create(id, principal, { protocolVersion: String(params.protocolVersion ?? ''), params });
+      this.#live.set(hash, live);
+    });
+    const response = await live.transport.handleRequest(c.req.raw, { parsedBody, authInfo: authInfoFor(principal) });
+    if (created) {
+      this.#o.audit({
+        type: 'mcp.session_started',
+        outcome: 'success',
+        tenantId: principal.tenant,
+        keyId: principal.keyId,
+        ...requestFacts(c),
+        details: { ref: created.ref, client: describeMcpSession(created).client, protocolVersion: created.protocolVersion },
+      });
+    } else {
+      await live.transport.close();
+    }
+    return response;
+  }
+
+  async #build(hash: string, id: string, onInitialized: () => Promise<void>): Promise<LiveSession> {
+    const server = createSessionServer({
+      registry: this.#o.registry,
+      sessionHash: hash,
+      audit: this.#o.audit,
+      logger: this.#o.logger,
+      maxResultBytes: this.#o.maxResultBytes,
+      sealPayload: this.#o.sealPayload,
+    });
+    const transport = new WebStandardStreamableHTTPServerTransport({
+      sessionIdGenerator: () => id,
+      eventStore: this.#o.history.forSession(hash),
+      onsessioninitialized: onInitialized,
+    });
+    transport.onclose = () => {
+      if (this.#live.get(hash)?.transport === transport) this.#live.delete(hash);
+      this.#o.onSessionClosed?.(hash);
+    };
+    server.onerror = (err) => this.#o.logger.debug({ err }, 'mcp protocol error');
+    await server.connect(transport);
+    return { server, transport };
+  }
+
+  /**
+   * Rebuilds a stored session in this process by replaying its initialize request. Only the
+   * id's hash is stored; the caller has just presented the id itself, which is what the new
+   * transport will check later requests against.
+   */
+  #restore(session: McpSession, principal: Principal, id: string): Promise<LiveSession> {
+    const pending = this.#restoring.get(session.hash);
+    if (pending) return pending;
+    const restoring = (async () => {
+      const live = await this.#build(session.hash, id, async () => {});
+      const authInfo = authInfoFor(principal);
+      const headers = { accept: 'application/json, text/event-stream', 'content-type': 'application/json' };
+      const url = 'http://bulwark.internal/mcp';
+      const answer = await live.transport.handleRequest(new Request(url, { method: 'POST', headers }), {
+        parsedBody: { jsonrpc: '2.0', id: 'bulwark-restore', method: 'initialize', params: session.initParams },
+        authInfo,
+      });
+      // Read to the end: the SDK answers initialize at once and then closes the stream.
+      await answer.text();
+      const initialized = new Request(url, { method: 'POST', headers: { ...headers, 'mcp-session-id': id } });
+      await live.transport.handleRequest(initialized, { parsedBody: { jsonrpc: '2.0', method: 'notifications/initialized' }, authInfo });
+      this.#live.set(session.hash, live);
+      return live;
+    })();
+    this.#restoring.set(session.hash, restoring);
+    return restoring.finally(() => this.#restoring.delete(session.hash));
+  }
+
+  /** HTTP 403 with the MCP authorization spec's step-up challenge. */
+  #deny(c: Context<BulwarkEnv>, principal: Principal, requirement: Requirement): never {
+    this.#o.audit({
+      type: 'authz.denied',
+      outcome: 'denied',
+      tenantId: principal.tenant,
+      keyId: principal.keyId,
+      ...requestFacts(c),
+      details: { required: requirement.scope, target: requirement.target, granted: [...principal.scopes] },
+    });
+    throw new ApiError('insufficient_scope', `${requirement.target} needs the '${requirement.scope}' scope, which this credential does not have.`, {
+      'WWW-Authenticate': `Bearer error="insufficient_scope", scope="${requirement.scope}", resource_metadata="${this.#o.resourceMetadataUrl(c)}"`,
+    });
+  }
+
+  /** Per-tool and per-scope calls per minute per key; every applicable limit counts. */
+  async #limit(c: Context<BulwarkEnv>, principal: Principal, requirements: readonly Requirement[]): Promise<void> {
+    const { tools, scopes } = this.#o.rateLimits;
+    const checks: Array<{ limit: string; subject: string; result: Promise<RateLimitResult> }> = [];
+    for (const requirement of requirements) {
+      const perTool = requirement.tool !== undefined ? tools[requirement.tool] : undefined;
+      if (perTool !== undefined && requirement.tool !== undefined) {
+        const rule = { name: `mcp-tool:${encodeURIComponent(requirement.tool)}`, points: perTool, durationSeconds: 60 };
+        checks.push({ limit: 'mcp_tool', subject: `tool ${requirement.tool}`, result: this.#o.limiter.consume(principal.keyId, rule) });
+      }
+      const perScope = scopes[requirement.scope];
+      if (perScope !== undefined) {
+        const rule = { name: `mcp-scope:${requirement.scope}`, points: perScope, durationSeconds: 60 };
+        checks.push({ limit: 'mcp_scope', subject: `scope ${requirement.scope}`, result: this.#o.limiter.consume(principal.keyId, rule) });
+      }
+    }
+    for (const check of checks) {
+      const result = await check.result;
+      if (result.allowed) continue;
+      this.#o.onRefused?.(check.limit);
+      if (crossedLimit(result, 1)) {
+        this.#o.audit({ type: 'rate_limit.exceeded', outcome: 'denied', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { limit: check.limit, subject: check.subject, perMinute: result.limit } });
+      }
+      throw new ApiError('rate_limited', `Too many calls for ${check.subject}; slow down.`, refusalHeaders(result));
+    }
+  }
+
+  async #ended(session: McpSession, reason: string, c?: Context<BulwarkEnv>): Promise<void> {
+    await this.#o.sessions.end(session.hash);
+    await this.#forget(session.hash);
+    this.#o.audit({
+      type: 'mcp.session_ended',
+      outcome: 'info',
+      tenantId: session.tenant,
+      keyId: session.keyId,
+      ...(c ? requestFacts(c) : {}),
+      details: { reason, ref: session.ref },
+    });
+  }
+
+  /** What is left of an ended session: its event history, and its transport if this process has one. */
+  async #forget(hash: string): Promise<void> {
+    this.#closeLocal(hash);
+    await this.#o.history.deleteSession(hash).catch((err: unknown) => this.#o.logger.warn({ err }, 'the history of an ended MCP session could not be deleted; it expires by age'));
+  }
+
+  #closeLocal(hash: string): void {
+    const live = this.#live.get(hash);
+    if (!live) return;
+    this.#live.delete(hash);
+    void live.transport.close().catch(() => {});
+  }
+
+  /** Live sessions as operators see them; a tenant's admin key sees only its tenant's. */
+  async listSessions(actor: Actor, filter: { tenant?: string | undefined; keyId?: string | undefined } = {}): Promise<McpSessionView[]> {
+    const tenant = crossesTenants(actor.principal) ? filter.tenant : actor.principal.tenant;
+    return (await this.#o.sessions.list({ tenant, keyId: filter.keyId })).map(describeMcpSession);
+  }
+
+  /** Ends a session by its public ref at once; its next request, on any instance, gets 404. */
+  async terminateSession(actor: Actor, ref: string): Promise<Result<McpSessionView>> {
+    const session = await this.#o.sessions.endByRef(ref, crossesTenants(actor.principal) ? undefined : actor.principal.tenant);
+    if (!session) return { ok: false, code: 'not_found', message: `No live MCP session with ref '${ref.slice(0, 64)}'.` };
+    await this.#forget(session.hash);
+    this.#o.audit({
+      type: 'mcp.session_terminated',
+      outcome: 'success',
+      tenantId: session.tenant,
+      keyId: actor.principal.keyId,
+      ...actorFacts(actor),
+      details: { ref: session.ref, ownerKeyId: session.keyId, via: actor.via },
+    });
+    return { ok: true, value: describeMcpSession(session) };
+  }
+
+  /** Sends a notification to a session open in this process (upstream resource updates, log lines between calls). */
+  notify(sessionHash: string, notification: ServerNotification): void {
+    void this.#live.get(sessionHash)?.server.notification(notification).catch(() => {});
+  }
+
+  /** Ends every session of a key that was revoked or deleted. */
+  async endForKey(keyId: string): Promise<void> {
+    for (const hash of await this.#o.sessions.endForKey(keyId)) await this.#forget(hash);
+  }
+
+  /** Ends idle and expired sessions and drops old history; run on a timer. */
+  async purge(): Promise<number> {
+    const ended = await this.#o.sessions.purgeExpired();
+    for (const { session, reason } of ended) {
+      await this.#forget(session.hash);
+      this.#o.audit({ type: 'mcp.session_ended', outcome: 'info', tenantId: session.tenant, keyId: session.keyId, details: { reason, ref: session.ref } });
+    }
+    await this.#o.history.purgeExpired();
+    return ended.length;
+  }
+
+  /** Closes every open stream (shutdown); the sessions stay in the store for the next start. */
+  async close(): Promise<void> {
+    this.#unsubscribe();
+    const live = [...this.#live.values()];
+    this.#live.clear();
+    await Promise.all(live.map((l) => l.transport.close().catch(() => {})));
+  }
+}
