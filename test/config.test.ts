@@ -595,9 +595,9 @@ describe('upstream URLs in production', () => {
 describe('MCP settings', () => {
   const upstreams = (list: unknown[]) => withConfigFile('bulwark.json', JSON.stringify({ mcp: { upstreams: list } }));
 
-  it('defaults sessions to 30 minutes idle and 2 hours at most, history to 5 minutes and 1000 events', () => {
+  it('defaults sessions to 30 minutes idle, 2 hours at most and 100 per key, history to 5 minutes and 1000 events', () => {
     const { mcp } = load({});
-    expect(mcp.sessions).toEqual({ idleMinutes: 30, maxHours: 2 });
+    expect(mcp.sessions).toEqual({ idleMinutes: 30, maxHours: 2, maxPerKey: 100 });
     expect(mcp.events).toEqual({ maxAgeSeconds: 300, maxEvents: 1000 });
     expect(mcp.upstreams).toEqual([]);
   });
@@ -622,6 +622,8 @@ describe('MCP settings', () => {
     expect(safetyProblems(load(twice.env, twice.cwd))).toContain('mcp.upstreams: the name tools is used twice');
     const bad = upstreams([{ name: 'Tools!', url: 'https://a.example/mcp' }]);
     expect(refusal(bad.env, bad.cwd).problems.join('\n')).toMatch(/mcp\.upstreams\.0\.name/);
+    const reserved = upstreams([{ name: 'bulwark', url: 'https://a.example/mcp' }]);
+    expect(refusal(reserved.env, reserved.cwd).problems.join('\n')).toMatch(/mcp\.upstreams\.0\.name.*own tools/);
   });
 
   it("masks an upstream's headers and OAuth client secret wherever config is shown", () => {

@@ -17,6 +17,8 @@ import { type TestBulwark, startTestBulwark } from './helpers/runtime.js';
 const HEADER_SECRET = 'upstream-header-secret-0b1c';
 const OAUTH_SECRET = 'upstream-client-secret-9d2e';
 const OAUTH_TOKEN = 'upstream-access-token-4a7f';
+/** The bootstrap key: an operator, who may read the deployment's policy. */
+const OPERATOR_KEY = `bwk_test_${'o'.repeat(40)}`;
 
 /** A minimal RFC 6749 §4.4 token endpoint: client_secret_basic in, a bearer token out. */
 async function startTokenEndpoint(): Promise<{ url: string; requests: URLSearchParams[]; close(): Promise<void> }> {
@@ -52,7 +54,6 @@ describe('MCP federation', () => {
   let b: TestBulwark;
   let writer: string;
   let reader: string;
-  let admin: string;
   const clients: Client[] = [];
 
   beforeAll(async () => {
@@ -62,7 +63,7 @@ describe('MCP federation', () => {
     doomedUpstream = await startFixtureUpstream();
     b = await startTestBulwark(
       'postgres',
-      { BULWARK_RATE_LIMIT_WRITE: '1000', BULWARK_RATE_LIMIT_READ: '1000' },
+      { BULWARK_RATE_LIMIT_WRITE: '1000', BULWARK_RATE_LIMIT_READ: '1000', BULWARK_API_KEY: OPERATOR_KEY },
       {
         listen: true,
         file: {
@@ -79,7 +80,6 @@ describe('MCP federation', () => {
     );
     writer = (await b.createKey(['write'])).key;
     reader = (await b.createKey(['read'])).key;
-    admin = (await b.createKey(['admin'])).key;
   });
 
   afterAll(async () => {
@@ -134,7 +134,7 @@ describe('MCP federation', () => {
   });
 
   it("never shows the upstream's credentials to clients", async () => {
-    const client = await connect(admin);
+    const client = await connect(OPERATOR_KEY);
     const policy = await client.readResource({ uri: 'bulwark://security-policy' });
     const everything = JSON.stringify([policy, await client.listTools(), await client.listResources(), await client.callTool({ name: 'fixture__test_simple_text', arguments: {} })]);
     for (const secret of [HEADER_SECRET, OAUTH_SECRET, OAUTH_TOKEN]) expect(everything).not.toContain(secret);
@@ -169,6 +169,18 @@ describe('MCP federation', () => {
     const progress: number[] = [];
     await client.callTool({ name: 'fixture__test_tool_with_progress', arguments: {} }, undefined, { onprogress: (p) => progress.push(p.progress) });
     expect(progress).toEqual([0, 50, 100]);
+  });
+
+  it("cancels one call without disturbing the session's others", async () => {
+    const client = await connect(writer);
+    const abort = new AbortController();
+    const cancelled = client.callTool({ name: 'fixture__test_tool_with_progress', arguments: {} }, undefined, { signal: abort.signal, onprogress: () => {} });
+    const kept = client.callTool({ name: 'fixture__test_tool_with_progress', arguments: {} }, undefined, { onprogress: () => {} });
+    setTimeout(() => abort.abort(), 20);
+    await expect(cancelled).rejects.toThrow();
+    expect((await kept).isError).toBeFalsy();
+    // The session's upstream connection is still the same good one.
+    expect((await client.callTool({ name: 'fixture__test_simple_text', arguments: {} })).isError).toBeFalsy();
   });
 
   it('audits upstream calls with the upstream as source', async () => {

@@ -15,7 +15,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createPublicApp } from '../src/http/app.js';
 import { createLogger } from '../src/http/logger.js';
 import { createRuntime } from '../src/http/runtime.js';
-import type { McpSource, ToolEntry } from '../src/mcp/registry.js';
+import type { McpSource, ResourceTemplateEntry, ToolEntry } from '../src/mcp/registry.js';
+import { hashSessionId } from '../src/mcp/sessions.js';
 import { ENGINES } from './helpers/database.js';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
 
@@ -42,9 +43,26 @@ const testSource: McpSource = {
     }),
   ],
   resources: () => [],
-  resourceTemplates: () => [],
+  resourceTemplates: () => [
+    // A broad template anyone with `read` may use, and a narrower one inside it that needs its own scope.
+    fileTemplate('files://{+path}', 'read'),
+    fileTemplate('files://secret/{id}', 'tool:secrets'),
+  ],
   prompts: () => [],
 };
+
+function fileTemplate(uriTemplate: string, scope: string): ResourceTemplateEntry {
+  const pattern = new RegExp(`^${uriTemplate.replace(/\{\+?[a-z]+\}/g, '.+')}$`);
+  return {
+    scope,
+    source: 'test',
+    definition: { uriTemplate, name: uriTemplate },
+    matches: (uri) => pattern.test(uri),
+    read: async (uri) => ({ contents: [{ uri, text: `contents of ${uri}` }] }),
+  };
+}
+
+const OPERATOR_KEY = `bwk_test_${'o'.repeat(40)}`;
 
 interface SseEvent {
   id: string | undefined;
@@ -81,7 +99,11 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
   const clients: Client[] = [];
 
   beforeAll(async () => {
-    b = await startTestBulwark(engine, { BULWARK_RATE_LIMIT_WRITE: '1000', BULWARK_RATE_LIMIT_READ: '1000' }, { listen: true, file: { mcp: { rateLimits: { tools: { echo: 5 } } } } });
+    b = await startTestBulwark(
+      engine,
+      { BULWARK_RATE_LIMIT_WRITE: '1000', BULWARK_RATE_LIMIT_READ: '1000', BULWARK_API_KEY: OPERATOR_KEY },
+      { listen: true, file: { mcp: { rateLimits: { tools: { echo: 5 } }, sessions: { maxPerKey: 40 } } } },
+    );
     b.runtime.mcpRegistry.add(testSource);
     admin = (await b.createKey(['admin'])).key;
     reader = (await b.createKey(['read'])).key;
@@ -217,8 +239,8 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
       expect((await client.callTool({ name: 'deploy', arguments: {} })).content).toEqual([{ type: 'text', text: 'deployed' }]);
     });
 
-    it('gives admins the built-in tools, resource and prompt', async () => {
-      const { client } = await connect(admin);
+    it('gives operators the built-in tools, resource and prompt', async () => {
+      const { client } = await connect(OPERATOR_KEY);
       const status = await client.callTool({ name: 'status', arguments: {} });
       expect(status.structuredContent).toMatchObject({ store: { ok: true }, version: expect.any(String) });
       const policy = await client.readResource({ uri: 'bulwark://security-policy' });
@@ -228,6 +250,58 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
       expect(JSON.stringify(prompt.messages)).toContain('rate limits');
       const search = await client.callTool({ name: 'audit_search', arguments: { type: 'mcp.', limit: 5 } });
       expect((search.structuredContent as { events: unknown[] }).events.length).toBeGreaterThan(0);
+    });
+
+    it("keeps a tenant's admin key to its tenant: no deployment policy, no other tenant's audit events", async () => {
+      await b.runtime.keyService.createTenant(OPERATOR, 'acme');
+      const acmeAdmin = (await b.createKey(['admin'], { tenant: 'acme' })).key;
+      const { client } = await connect(acmeAdmin);
+      expect((await client.listResources()).resources).toEqual([]);
+      expect((await client.listPrompts()).prompts).toEqual([]);
+      await expect(client.readResource({ uri: 'bulwark://security-policy' })).rejects.toThrow(/not found/);
+      const search = await client.callTool({ name: 'audit_search', arguments: { tenant: 'default', limit: 50 } });
+      const events = (search.structuredContent as { events: Array<{ tenantId: string | null }> }).events;
+      expect(events.every((e) => e.tenantId === 'acme')).toBe(true);
+    });
+
+    it('needs every scope that guards a URI: a broad template does not open a narrower one', async () => {
+      const { client, transport } = await connect(reader);
+      expect((await client.readResource({ uri: 'files://docs/readme' })).contents).toEqual([{ uri: 'files://docs/readme', text: 'contents of files://docs/readme' }]);
+      const response = await post(reader, { jsonrpc: '2.0', id: 11, method: 'resources/read', params: { uri: 'files://secret/1' } }, transport.sessionId);
+      expect(response.status).toBe(403);
+      expect(response.headers.get('www-authenticate')).toContain('scope="tool:secrets"');
+    });
+
+    it('refuses a whole batch when one request in it is outside the scopes', async () => {
+      const { transport } = await connect(reader);
+      const batch = [
+        { jsonrpc: '2.0', id: 21, method: 'tools/list' },
+        { jsonrpc: '2.0', id: 22, method: 'tools/call', params: { name: 'echo', arguments: { text: 'sneaky' } } },
+      ];
+      const response = await post(reader, batch, transport.sessionId);
+      expect(response.status).toBe(403);
+      expect(await response.text()).not.toContain('sneaky');
+    });
+
+    it('answers tools named like Object.prototype properties, and clips long names in errors', async () => {
+      const { transport } = await connect(reader);
+      for (const name of ['constructor', '__proto__', 'toString']) {
+        const response = await post(reader, { jsonrpc: '2.0', id: 31, method: 'tools/call', params: { name, arguments: {} } }, transport.sessionId);
+        expect(response.status).toBe(200);
+        expect(messagesOf(await readEvents(response))).toContainEqual(expect.objectContaining({ id: 31, error: expect.objectContaining({ message: expect.stringContaining('not found') }) }));
+      }
+      const llmOnly = (await b.createKey(['llm'])).key;
+      const longName = 'x'.repeat(100_000);
+      const refused = await post(llmOnly, { jsonrpc: '2.0', id: 32, method: longName });
+      expect(refused.status).toBe(403);
+      expect((await refused.text()).length).toBeLessThan(2_000);
+    });
+
+    it('refuses to open a session for a credential that may use nothing here', async () => {
+      const llmOnly = (await b.createKey(['llm'])).key;
+      const response = await post(llmOnly, { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'x', version: '1' } } });
+      expect(response.status).toBe(403);
+      expect(response.headers.get('www-authenticate')).toContain('scope="read"');
     });
 
     it('limits calls per tool per key with 429 and Retry-After', async () => {
@@ -268,6 +342,27 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
       expect(violations[0]).toMatchObject({ outcome: 'denied', details: { ownerKeyId: writer.id } });
       // The owner's session is untouched.
       expect((await post(writer.key, { jsonrpc: '2.0', id: 2, method: 'ping' }, sessionId)).status).toBe(200);
+    });
+
+    it('caps the sessions one key may have open', async () => {
+      const capped = (await b.createKey(['read'])).key;
+      for (let i = 0; i < 40; i++) await connect(capped);
+      const response = await post(capped, { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'x', version: '1' } } });
+      expect(response.status).toBe(429);
+      expect(response.headers.get('retry-after')).toBe('60');
+    });
+
+    it('answers 503, without internals, when the store cannot take a new session', async () => {
+      const db = b.runtime.database.db;
+      await sql`alter table mcp_sessions rename to mcp_sessions_away`.execute(db);
+      try {
+        const response = await post(writer.key, { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'x', version: '1' } } });
+        expect(response.status).toBe(503);
+        expect(response.headers.get('retry-after')).toBe('1');
+        expect(await response.text()).not.toMatch(/relation|mcp_sessions/);
+      } finally {
+        await sql`alter table mcp_sessions_away rename to mcp_sessions`.execute(db);
+      }
     });
 
     it('ends a session on DELETE; its id then gets 404', async () => {
@@ -325,6 +420,18 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
         // Still bound to its key on the new instance.
         const foreign = await fetch(url, { method: 'POST', headers: { accept: 'application/json, text/event-stream', 'content-type': 'application/json', authorization: `Bearer ${other.key}`, 'mcp-session-id': transport.sessionId as string }, body: JSON.stringify({ jsonrpc: '2.0', id: 6, method: 'ping' }) });
         expect(foreign.status).toBe(404);
+        // A DELETE on the instance that does not hold the session ends it everywhere.
+        const { transport: elsewhere } = await connect(writer.key);
+        const deleted = await fetch(url, { method: 'DELETE', headers: { authorization: `Bearer ${writer.key}`, 'mcp-session-id': elsewhere.sessionId as string, 'mcp-protocol-version': PROTOCOL } });
+        expect(deleted.status).toBe(200);
+        expect((await post(writer.key, { jsonrpc: '2.0', id: 7, method: 'ping' }, elsewhere.sessionId)).status).toBe(404);
+        // Ended on the first instance, its open stream on this one closes at this one's next purge.
+        const stream = await fetch(url, { headers: { accept: 'text/event-stream', authorization: `Bearer ${writer.key}`, 'mcp-session-id': transport.sessionId as string, 'mcp-protocol-version': PROTOCOL } });
+        expect(stream.status).toBe(200);
+        const ref = hashSessionId(transport.sessionId as string).slice(0, 16);
+        expect((await b.runtime.mcp.terminateSession(OPERATOR, ref)).ok).toBe(true);
+        await runtime.mcp.purge();
+        await expect(stream.text()).resolves.not.toContain('"jsonrpc"');
       } finally {
         await runtime.mcp.close();
         await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -1,9 +1,9 @@
-import type { Result } from '../auth/key-service.js';
-
 /**
  * The CLI's exit codes (documented in the README) and the error that carries one. Codes above
  * 63 follow sysexits.h so scripts and service managers read them the usual way.
  */
+import type { Result } from '../auth/key-service.js';
+
 export const EXIT = {
   ok: 0,
   /** A check ran and found a problem: audit chain broken, doctor findings. */

@@ -162,8 +162,7 @@ export function buildProgram(): Command {
       const limit = Number(opts.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new CliError('--limit: give a whole number from 1 to 1000', EXIT.usage);
       const events = await withOperations((ops) => ops.auditTail({ limit, type: opts.type, tenantId: opts.tenant, payloads: opts.payloads }));
-      if (opts.payloads) return printJson(events);
-      if (opts.json) return printJson(events);
+      if (opts.json || opts.payloads) return printJson(events);
       if (events.length === 0) return printLines(['No audit events.']);
       printTable(
         events.map((e) => ({

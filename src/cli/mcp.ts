@@ -3,6 +3,7 @@
  * way to end one at once (its client's next request gets 404 and must start over).
  */
 import type { Command } from 'commander';
+import { SESSION_REF } from '../mcp/sessions.js';
 import { CliError, EXIT, unwrap } from './exit.js';
 import type { WithOperations } from './keys.js';
 import { printJson, printLines, printTable, shortTime } from './output.js';
@@ -40,7 +41,7 @@ export function registerMcpCommands(program: Command, withOperations: WithOperat
     .description('end a session now, by the ref `mcp sessions list` shows')
     .option('--json', 'print JSON')
     .action(async (ref: string, opts: { json?: boolean }) => {
-      if (!/^[0-9a-f]{16}$/.test(ref)) throw new CliError(`ref: '${ref.slice(0, 64)}' is not a session ref (16 hex characters, from \`bulwark mcp sessions list\`)`, EXIT.usage);
+      if (!SESSION_REF.test(ref)) throw new CliError(`ref: '${ref.slice(0, 64)}' is not a session ref (16 hex characters, from \`bulwark mcp sessions list\`)`, EXIT.usage);
       const ended = unwrap(await withOperations((ops) => ops.terminateMcpSession(ref)));
       if (opts.json) return printJson(ended);
       printLines([`Ended MCP session ${ended.ref} of key ${ended.keyId} (tenant ${ended.tenant}).`]);

@@ -42,7 +42,10 @@ export const PriceSchema = z.strictObject({
 /** One upstream MCP server Bulwark fronts. Its credential stays in Bulwark; clients never see it. */
 export const McpUpstreamSchema = z.strictObject({
   /** Namespace of its tools (`<name>__<tool>`), in audit events and in `mcp.scopes` keys. */
-  name: z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be lower-case letters, digits, _ or - (at most 32)'),
+  name: z
+    .string()
+    .regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be lower-case letters, digits, _ or - (at most 32)')
+    .refine((name) => name !== 'bulwark', 'bulwark is the name of Bulwark’s own tools'),
   url: z.url(),
   /** Serve its names as they are, without the `<name>__` prefix. */
   unprefixed: z.boolean().default(false),
@@ -248,8 +251,8 @@ export const FileConfigSchema = z.strictObject({
   mcp: z
     .strictObject({
       sessions: z
-        .strictObject({ idleMinutes: count.max(24 * 60).default(30), maxHours: count.max(24 * 7).default(2) })
-        .default({ idleMinutes: 30, maxHours: 2 }),
+        .strictObject({ idleMinutes: count.max(24 * 60).default(30), maxHours: count.max(24 * 7).default(2), maxPerKey: count.max(100_000).default(100) })
+        .default({ idleMinutes: 30, maxHours: 2, maxPerKey: 100 }),
       /** The encrypted SSE history behind Last-Event-ID: how long and how much of it a session keeps. */
       events: z
         .strictObject({ maxAgeSeconds: count.max(86_400).default(300), maxEvents: count.max(100_000).default(1000) })
@@ -266,7 +269,7 @@ export const FileConfigSchema = z.strictObject({
       upstreams: z.array(McpUpstreamSchema).default([]),
     })
     .default({
-      sessions: { idleMinutes: 30, maxHours: 2 },
+      sessions: { idleMinutes: 30, maxHours: 2, maxPerKey: 100 },
       events: { maxAgeSeconds: 300, maxEvents: 1000 },
       scopes: {},
       rateLimits: { tools: {}, scopes: {} },

@@ -34,7 +34,7 @@ import { authTokenRoutes, jwksRoutes } from './routes/auth-token.js';
 import { healthRoutes, readinessRoutes } from './routes/health.js';
 import { loginRoutes, sessionAuth, sessionCsrfToken } from './routes/login.js';
 import { whoamiRoutes } from './routes/whoami.js';
-import type { Runtime } from './runtime.js';
+import { type Runtime, mcpResourceAudience } from './runtime.js';
 
 type Listener = 'public' | 'admin';
 
@@ -118,7 +118,8 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
     '/',
     resourceMetadataRoutes({
       publicUrl: config.server.publicUrl,
-      authorizationServers: config.oidc ? [config.oidc.issuer] : [],
+      // Only an authorization server whose tokens /mcp can check (it needs a fixed resource URL).
+      authorizationServers: config.oidc && mcpResourceAudience(config) ? [config.oidc.issuer] : [],
       scopes: () => runtime.mcpRegistry.scopes(),
     }),
   );

@@ -287,7 +287,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const tokenVerifiers: TokenVerifier[] = [...bulwarkTokens, ...(config.oidc ? [oidcVerifier({ ...config.oidc })] : [])];
   // A token the identity provider issued for the MCP resource (RFC 8707 `resource`, which MCP
   // clients send) names its URL as audience; one issued for anything else is refused there.
-  const mcpAudience = config.server.publicUrl ? `${config.server.publicUrl.replace(/\/+$/, '')}${MCP_PATH}` : config.oidc?.audience;
+  // Without server.publicUrl there is no fixed resource URL to check, so /mcp takes none.
+  const mcpAudience = mcpResourceAudience(config);
   const mcpTokenVerifiers: TokenVerifier[] = [...bulwarkTokens, ...(config.oidc && mcpAudience ? [oidcVerifier({ ...config.oidc, audience: mcpAudience })] : [])];
   const staticKeyIds = ['admin-token', ...(config.secrets.adminKey ? ['admin-key'] : []), ...(config.bootstrapKey.key ? ['bootstrap'] : [])];
 
@@ -316,6 +317,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     limiter: rateLimiter.limiter,
     rateLimits: config.mcp.rateLimits,
     maxResultBytes: config.mcp.maxResultBytes,
+    maxPerKey: config.mcp.sessions.maxPerKey,
     sealPayload: config.storage.bodies ? (tenant, callId, payload) => sealToolPayload(keyRing, tenant, callId, payload) : undefined,
     resourceMetadataUrl: (c) => resourceMetadataUrl(c, config.server.publicUrl),
     audit,
@@ -346,7 +348,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         const ok = await database.ping().then(() => true, () => false);
         return { kind: database.kind, ok, ms: Math.round(performance.now() - started) };
       },
-      liveSessions: async () => (await mcpSessions.list()).length,
+      liveSessions: async (tenant) => (await mcpSessions.list({ tenant })).length,
       usage: (tenant, since) => proxyManagement.usage({ principal: staticPrincipal('operator', 'mcp', 'MCP usage_summary', ['admin']), via: 'admin-api' }, { tenant, since }),
       auditTail: (tailOptions) => auditReader.tail(tailOptions),
       securityPolicy: () => maskedConfig(config),
@@ -460,6 +462,11 @@ function developmentMaterial(config: Config, name: string, generate: () => strin
     logger?.warn({ file }, warning);
     return material;
   }
+}
+
+/** The audience an identity provider's token must name to be used on /mcp: `<publicUrl>/mcp`, if there is a public URL. */
+export function mcpResourceAudience(config: Config): string | undefined {
+  return config.server.publicUrl ? `${config.server.publicUrl.replace(/\/+$/, '')}${MCP_PATH}` : undefined;
 }
 
 /** Creates the default tenant so the first key has somewhere to live. */

@@ -8,7 +8,8 @@ import type { McpRegistry } from './registry.js';
 
 /** What a request needs, and what it is about (for the audit event and the message). */
 export interface Requirement {
-  scope: string;
+  /** Every one of these; usually one. */
+  scopes: string[];
   /** `tools/call deploy`, `resources/read bulwark://security-policy`, `tools/list`. */
   target: string;
   /** The tool a `tools/call` names, for per-tool rate limits. */
@@ -20,8 +21,10 @@ interface JsonRpcRequestLike {
   params?: Record<string, unknown>;
 }
 
-/** Requests anyone authenticated may send: the handshake, liveness, and cancelling one's own requests. */
+/** Requests any credential that may use something here may send: the handshake and liveness. */
 const OPEN_METHODS = new Set(['initialize', 'ping']);
+/** Names and URIs echoed in messages and audit events are cut to this. */
+const TARGET_MAX = 200;
 
 export function isJsonRpcRequest(message: unknown): message is JsonRpcRequestLike & { id: string | number } {
   if (typeof message !== 'object' || message === null) return false;
@@ -42,33 +45,42 @@ function stringParam(params: Record<string, unknown> | undefined, name: string):
 export function requirementOf(request: JsonRpcRequestLike, registry: McpRegistry): Requirement | undefined {
   const { method, params } = request;
   if (OPEN_METHODS.has(method)) return undefined;
+  const needs = (scopes: string[], target: string, tool?: string): Requirement => ({
+    scopes: scopes.length > 0 ? scopes : ['read'],
+    target: target.length > TARGET_MAX ? `${target.slice(0, TARGET_MAX)}…` : target,
+    ...(tool !== undefined ? { tool } : {}),
+  });
   switch (method) {
     case 'tools/call': {
       const name = stringParam(params, 'name') ?? '';
-      return { scope: registry.tool(name)?.scope ?? 'read', target: `tools/call ${name}`, tool: name };
+      const tool = registry.tool(name);
+      return needs(tool ? [tool.scope] : [], `tools/call ${name}`, tool ? name : undefined);
     }
     case 'resources/read':
     case 'resources/subscribe':
     case 'resources/unsubscribe': {
       const uri = stringParam(params, 'uri') ?? '';
-      return { scope: registry.resource(uri)?.scope ?? 'read', target: `${method} ${uri}` };
+      return needs(registry.resourceScopes(uri), `${method} ${uri}`);
     }
     case 'prompts/get': {
       const name = stringParam(params, 'name') ?? '';
-      return { scope: registry.prompt(name)?.scope ?? 'read', target: `prompts/get ${name}` };
+      const prompt = registry.prompt(name);
+      return needs(prompt ? [prompt.scope] : [], `prompts/get ${name}`);
     }
     case 'completion/complete': {
       const ref = params?.ref as { type?: unknown; name?: unknown; uri?: unknown } | undefined;
       if (ref?.type === 'ref/prompt' && typeof ref.name === 'string') {
-        return { scope: registry.prompt(ref.name)?.scope ?? 'read', target: `completion/complete prompt ${ref.name}` };
+        const prompt = registry.prompt(ref.name);
+        return needs(prompt ? [prompt.scope] : [], `completion/complete prompt ${ref.name}`);
       }
       if (ref?.type === 'ref/resource' && typeof ref.uri === 'string') {
-        return { scope: registry.resourceTemplate(ref.uri)?.scope ?? 'read', target: `completion/complete resource ${ref.uri}` };
+        const template = registry.resourceTemplate(ref.uri);
+        return needs(template ? [template.scope] : [], `completion/complete resource ${ref.uri}`);
       }
-      return { scope: 'read', target: method };
+      return needs([], method);
     }
     default:
       // Listing, logging/setLevel, and methods the SDK will answer "not found" to.
-      return { scope: 'read', target: method };
+      return needs([], method);
   }
 }

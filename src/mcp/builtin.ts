@@ -3,15 +3,21 @@
  * about itself. Each reads through a narrow function the runtime supplies, so this file knows
  * nothing of HTTP or the store's tables.
  *
- *   status          admin  version, uptime, memory, store health, live MCP sessions
+ *   status          admin  version, uptime, memory, store health, live MCP sessions (of the
+ *                          caller's tenant, unless an operator asks)
  *   usage_summary   read   the caller's tenant's calls, tokens and cost per model since a time
- *   audit_search    admin  recent audit events, filtered by type family, tenant, outcome
- *   bulwark://security-policy   admin  the effective configuration, secrets masked
- *   security-review             admin  a prompt asking the model to review that policy
+ *   audit_search    admin  recent audit events, filtered by type family, tenant, outcome; a
+ *                          tenant's admin key sees only its tenant, as in the admin API
+ *   bulwark://security-policy   admin, operators only  the effective configuration, secrets masked
+ *   security-review             admin, operators only  a prompt asking the model to review it
+ *
+ * The policy covers the whole deployment (every tenant's limits, every upstream), so a
+ * tenant's admin key neither sees nor reads it.
  */
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import type { StoredAuditEvent, TailOptions } from '../audit/log.js';
+import { crossesTenants } from '../auth/principal.js';
 import type { UsageRow } from '../proxy/management.js';
 import type { CallContext, McpSource, PromptEntry, ResourceEntry, ToolEntry } from './registry.js';
 
@@ -23,7 +29,8 @@ export interface BuiltinDependencies {
   startedAt: Date;
   /** Pings the store; never throws. */
   storeHealth(): Promise<{ kind: string; ok: boolean; ms: number }>;
-  liveSessions(): Promise<number>;
+  /** Live MCP sessions, of one tenant or (undefined) of all. */
+  liveSessions(tenant: string | undefined): Promise<number>;
   usage(tenant: string, since: Date): Promise<UsageRow[]>;
   auditTail(options: TailOptions): Promise<StoredAuditEvent[]>;
   /** The effective configuration with every secret masked. */
@@ -79,9 +86,10 @@ export function errorResult(message: string): CallToolResult {
 
 export function builtinSource(deps: BuiltinDependencies): McpSource {
   const tools: ToolEntry[] = [
-    tool('status', 'admin', "Bulwark's version, uptime, memory use, store health and number of live MCP sessions.", StatusArgs, async () => {
+    tool('status', 'admin', "Bulwark's version, uptime, memory use, store health and number of live MCP sessions.", StatusArgs, async (_args, { principal }) => {
       const memory = process.memoryUsage();
-      const [store, sessions] = await Promise.all([deps.storeHealth(), deps.liveSessions().catch(() => null)]);
+      const tenant = crossesTenants(principal) ? undefined : principal.tenant;
+      const [store, sessions] = await Promise.all([deps.storeHealth(), deps.liveSessions(tenant).catch(() => null)]);
       return {
         version: deps.version,
         startedAt: deps.startedAt.toISOString(),
@@ -97,9 +105,10 @@ export function builtinSource(deps: BuiltinDependencies): McpSource {
       const rows = await deps.usage(context.principal.tenant, from);
       return { tenant: context.principal.tenant, since: from.toISOString(), models: rows.map(({ tenant: _t, ...row }) => row) };
     }),
-    tool('audit_search', 'admin', 'Recent audit events, newest last: filter by type or family, tenant and outcome.', AuditArgs, async ({ type, tenant, outcome, limit }) => {
+    tool('audit_search', 'admin', 'Recent audit events, newest last: filter by type or family, tenant and outcome.', AuditArgs, async ({ type, tenant, outcome, limit }, { principal }) => {
+      const tenantId = crossesTenants(principal) ? tenant : principal.tenant;
       // The outcome filter is applied after the tail, over a wider window, so a rare outcome still shows up.
-      const events = await deps.auditTail({ type, tenantId: tenant, limit: outcome ? Math.min(limit * 10, 1000) : limit });
+      const events = await deps.auditTail({ type, tenantId, limit: outcome ? Math.min(limit * 10, 1000) : limit });
       const matching = outcome ? events.filter((e) => e.outcome === outcome).slice(-limit) : events;
       return { events: matching };
     }),
@@ -107,6 +116,7 @@ export function builtinSource(deps: BuiltinDependencies): McpSource {
 
   const policy: ResourceEntry = {
     scope: 'admin',
+    operatorOnly: true,
     source: BUILTIN_SOURCE,
     definition: { uri: SECURITY_POLICY_URI, name: 'security-policy', title: 'Effective security policy', description: "Bulwark's effective configuration, secrets masked.", mimeType: 'application/json' },
     async read() {
@@ -116,6 +126,7 @@ export function builtinSource(deps: BuiltinDependencies): McpSource {
 
   const review: PromptEntry = {
     scope: 'admin',
+    operatorOnly: true,
     source: BUILTIN_SOURCE,
     definition: {
       name: 'security-review',

@@ -11,7 +11,9 @@
  * - Per-tool and per-scope limits through the shared rate limiter (429 with Retry-After).
  * - Sessions (./sessions.ts): one SDK transport and server per session, kept in memory; the
  *   session itself lives in the store. Every request checks the store, so a session ended
- *   anywhere (DELETE, an operator, the idle timer, another instance) is gone at once. A
+ *   anywhere (DELETE, an operator, the idle timer, another instance) is refused at once; a
+ *   stream another instance still holds open for it closes at that instance's next purge
+ *   (within a minute). A
  *   session presented by anyone but the key that opened it is answered exactly like an
  *   unknown one (404) and audited as `mcp.session_violation`.
  * - After a restart, or on another instance, a session found in the store but not in memory
@@ -19,8 +21,10 @@
  *   the client's capabilities again. Streams open at the restart are lost; their history is
  *   still in the event store for `Last-Event-ID`.
  */
+import { randomBytes } from 'node:crypto';
 import { WebStandardStreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import { isJsonContentType } from '@modelcontextprotocol/sdk/shared/mediaType.js';
 import type { ServerNotification } from '@modelcontextprotocol/sdk/types.js';
 import type { Context } from 'hono';
 import { Hono } from 'hono';
@@ -48,6 +52,8 @@ export interface McpGatewayOptions {
   limiter: RateLimiter;
   rateLimits: { tools: Readonly<Record<string, number>>; scopes: Readonly<Record<string, number>> };
   maxResultBytes: number;
+  /** Most sessions one key may have open at once. */
+  maxPerKey: number;
   /** With body storage on: seals a tool call's arguments and result into its audit event. */
   sealPayload?: SessionServerOptions['sealPayload'];
   /** The RFC 9728 metadata URL for this resource, named in every 401 and 403 challenge. */
@@ -66,6 +72,10 @@ interface LiveSession {
 }
 
 const JSONRPC_HEADERS = { 'content-type': 'application/json' };
+/** The initialize params kept to rebuild a session (capabilities and client info) are small; more is refused. */
+const MAX_INIT_PARAMS_BYTES = 16 * 1024;
+
+const storeUnavailable = () => new ApiError('service_unavailable', 'Bulwark cannot reach its store for MCP sessions right now; try again shortly.', { 'Retry-After': '1' });
 
 /** A JSON-RPC error answer with no id, as the SDK's transport writes its own. */
 function jsonRpcError(status: number, code: number, message: string, headers: Record<string, string> = {}): Response {
@@ -74,10 +84,6 @@ function jsonRpcError(status: number, code: number, message: string, headers: Re
 
 /** What the SDK answers for a session it does not know; an unknown, ended and foreign session all get exactly this. */
 const sessionNotFound = () => jsonRpcError(404, -32001, 'Session not found');
-
-function isJsonContentType(value: string | undefined): boolean {
-  return value !== undefined && /^application\/json\s*(;|$)/i.test(value.trim());
-}
 
 export class McpGateway {
   readonly #o: McpGatewayOptions;
@@ -121,13 +127,18 @@ export class McpGateway {
     const messages: unknown[] = parsedBody === undefined ? [] : Array.isArray(parsedBody) ? parsedBody : [parsedBody];
     const requests = messages.filter(isJsonRpcRequest);
     const requirements = requests.map((r) => requirementOf(r, this.#o.registry)).filter((r): r is Requirement => r !== undefined);
+    const initialize = requests.find((r) => r.method === 'initialize');
+    // A credential that may use nothing here (only `llm`, say) opens no session either.
+    if (initialize && !this.#o.registry.scopes().some((scope) => hasScope(principal.scopes, scope))) {
+      this.#deny(c, principal, { scopes: ['read'], target: 'initialize' });
+    }
     for (const requirement of requirements) {
-      if (!hasScope(principal.scopes, requirement.scope)) this.#deny(c, principal, requirement);
+      const missing = requirement.scopes.filter((scope) => !hasScope(principal.scopes, scope));
+      if (missing.length > 0) this.#deny(c, principal, { ...requirement, scopes: missing });
     }
     await this.#limit(c, principal, requirements);
 
     const sessionId = c.req.header('mcp-session-id');
-    const initialize = requests.find((r) => r.method === 'initialize');
     if (sessionId === undefined) {
       if (initialize) return this.#open(c, principal, parsedBody, initialize.params ?? {});
       return jsonRpcError(400, -32000, 'Bad Request: Mcp-Session-Id header is required');
@@ -135,7 +146,18 @@ export class McpGateway {
 
     const session = await this.#session(c, principal, sessionId);
     if (!session) return sessionNotFound();
-    const live = this.#live.get(session.hash) ?? (await this.#restore(session, principal, sessionId));
+    if (method === 'DELETE' && !this.#live.has(session.hash)) {
+      // Nothing to rebuild just to end it.
+      await this.#ended(session, 'deleted', c);
+      return new Response(null, { status: 200 });
+    }
+    const live = this.#live.get(session.hash) ?? (await this.#restore(session, principal, sessionId).catch(async (err: unknown) => {
+      // A session that cannot be rebuilt is ended, so the client starts a new one instead of failing forever.
+      this.#o.logger.error({ err, ref: session.ref }, 'an MCP session could not be restored; ending it');
+      await this.#ended(session, 'restore_failed', c).catch(() => {});
+      return undefined;
+    }));
+    if (!live) return sessionNotFound();
     const response = await live.transport.handleRequest(c.req.raw, { parsedBody, authInfo: authInfoFor(principal) });
     if (method === 'DELETE' && response.status === 200) await this.#ended(session, 'deleted', c);
     return response;
@@ -148,7 +170,7 @@ export class McpGateway {
       lookup = await this.#o.sessions.lookup(sessionId);
     } catch (err) {
       this.#o.logger.error({ err }, 'mcp session lookup failed');
-      throw new ApiError('service_unavailable', 'Bulwark cannot check MCP sessions right now; try again shortly.', { 'Retry-After': '1' });
+      throw storeUnavailable();
     }
     if (!lookup.ok) {
       const hash = hashSessionId(sessionId);
@@ -176,32 +198,55 @@ export class McpGateway {
     return session;
   }
 
-  /** A new session for an initialize request without a session id. */
+  /**
+   * A new session for an initialize request without a session id. The row is written first,
+   * so a store that is away gives a clean 503 before the SDK starts answering; it is removed
+   * again if the SDK refuses the request.
+   */
   async #open(c: Context<BulwarkEnv>, principal: Principal, parsedBody: unknown, params: Record<string, unknown>): Promise<Response> {
+    // Only what a rebuild after a restart needs is kept, and only so much of it.
+    const kept = { protocolVersion: params.protocolVersion, capabilities: params.capabilities ?? {}, clientInfo: params.clientInfo ?? {} };
+    if (JSON.stringify(kept).length > MAX_INIT_PARAMS_BYTES) {
+      return jsonRpcError(400, -32602, `Invalid params: initialize params larger than ${MAX_INIT_PARAMS_BYTES} bytes`);
+    }
+    const { maxPerKey } = this.#o;
     const id = McpSessionStore.newId();
-    const hash = hashSessionId(id);
-    let created: McpSession | undefined;
-    const live = await this.#build(hash, id, async () => {
-      created = await this.#o.sessions.create(id, principal, { protocolVersion: String(params.protocolVersion ?? ''), params });
-      this.#live.set(hash, live);
+    let created: McpSession;
+    try {
+      if ((await this.#o.sessions.countForKey(principal.keyId)) >= maxPerKey) {
+        throw new ApiError('rate_limited', `This key has ${maxPerKey} open MCP sessions, the most it may have; end one (DELETE /mcp) or let one expire.`, { 'Retry-After': '60' });
+      }
+      created = await this.#o.sessions.create(id, principal, { protocolVersion: String(params.protocolVersion ?? ''), params: kept });
+    } catch (err) {
+      if (err instanceof ApiError) throw err;
+      this.#o.logger.error({ err }, 'an MCP session could not be stored');
+      throw storeUnavailable();
+    }
+    const live = await this.#build(created.hash, id, async () => {
+      this.#live.set(created.hash, live);
     });
     const response = await live.transport.handleRequest(c.req.raw, { parsedBody, authInfo: authInfoFor(principal) });
-    if (created) {
-      this.#o.audit({
-        type: 'mcp.session_started',
-        outcome: 'success',
-        tenantId: principal.tenant,
-        keyId: principal.keyId,
-        ...requestFacts(c),
-        details: { ref: created.ref, client: describeMcpSession(created).client, protocolVersion: created.protocolVersion },
-      });
-    } else {
+    if (!this.#live.has(created.hash)) {
       await live.transport.close();
+      await this.#o.sessions.end(created.hash).catch(() => {});
+      return response;
     }
+    this.#o.audit({
+      type: 'mcp.session_started',
+      outcome: 'success',
+      tenantId: principal.tenant,
+      keyId: principal.keyId,
+      ...requestFacts(c),
+      details: { ref: created.ref, client: describeMcpSession(created).client, protocolVersion: created.protocolVersion },
+    });
     return response;
   }
 
-  async #build(hash: string, id: string, onInitialized: () => Promise<void>): Promise<LiveSession> {
+  /**
+   * A transport and server for one session. While `replaying` is set (a rebuild replaying the
+   * stored initialize), what the SDK answers is not the client's and is not kept.
+   */
+  async #build(hash: string, id: string, onInitialized: () => Promise<void>, replaying = { on: false }): Promise<LiveSession> {
     const server = createSessionServer({
       registry: this.#o.registry,
       sessionHash: hash,
@@ -210,9 +255,20 @@ export class McpGateway {
       maxResultBytes: this.#o.maxResultBytes,
       sealPayload: this.#o.sealPayload,
     });
+    const history = this.#o.history.forSession(hash);
     const transport = new WebStandardStreamableHTTPServerTransport({
       sessionIdGenerator: () => id,
-      eventStore: this.#o.history.forSession(hash),
+      eventStore: {
+        // The transport turns a failed store into the client's error (or a stream that never ends):
+        // without the store, the event is still delivered, just not resumable.
+        storeEvent: (streamId, message) =>
+          (replaying.on ? Promise.resolve(randomBytes(16).toString('base64url')) : history.storeEvent(streamId, message)).catch((err: unknown) => {
+            this.#o.logger.warn({ err }, 'an MCP event could not be stored; it is delivered but cannot be replayed');
+            return randomBytes(16).toString('base64url');
+          }),
+        getStreamIdForEventId: (eventId) => history.getStreamIdForEventId(eventId),
+        replayEventsAfter: (eventId, options) => history.replayEventsAfter(eventId, options),
+      },
       onsessioninitialized: onInitialized,
     });
     transport.onclose = () => {
@@ -233,7 +289,8 @@ export class McpGateway {
     const pending = this.#restoring.get(session.hash);
     if (pending) return pending;
     const restoring = (async () => {
-      const live = await this.#build(session.hash, id, async () => {});
+      const replaying = { on: true };
+      const live = await this.#build(session.hash, id, async () => {}, replaying);
       const authInfo = authInfoFor(principal);
       const headers = { accept: 'application/json, text/event-stream', 'content-type': 'application/json' };
       const url = 'http://bulwark.internal/mcp';
@@ -245,6 +302,7 @@ export class McpGateway {
       await answer.text();
       const initialized = new Request(url, { method: 'POST', headers: { ...headers, 'mcp-session-id': id } });
       await live.transport.handleRequest(initialized, { parsedBody: { jsonrpc: '2.0', method: 'notifications/initialized' }, authInfo });
+      replaying.on = false;
       this.#live.set(session.hash, live);
       return live;
     })();
@@ -260,10 +318,12 @@ export class McpGateway {
       tenantId: principal.tenant,
       keyId: principal.keyId,
       ...requestFacts(c),
-      details: { required: requirement.scope, target: requirement.target, granted: [...principal.scopes] },
+      details: { required: requirement.scopes.length === 1 ? requirement.scopes[0] : requirement.scopes, target: requirement.target, granted: [...principal.scopes] },
     });
-    throw new ApiError('insufficient_scope', `${requirement.target} needs the '${requirement.scope}' scope, which this credential does not have.`, {
-      'WWW-Authenticate': `Bearer error="insufficient_scope", scope="${requirement.scope}", resource_metadata="${this.#o.resourceMetadataUrl(c)}"`,
+    const named = requirement.scopes.map((s) => `'${s}'`).join(' and ');
+    throw new ApiError('insufficient_scope', `${requirement.target} needs the ${named} scope, which this credential does not have.`, {
+      // RFC 6750 §3: scope is a space-separated list.
+      'WWW-Authenticate': `Bearer error="insufficient_scope", scope="${requirement.scopes.join(' ')}", resource_metadata="${this.#o.resourceMetadataUrl(c)}"`,
     });
   }
 
@@ -271,16 +331,19 @@ export class McpGateway {
   async #limit(c: Context<BulwarkEnv>, principal: Principal, requirements: readonly Requirement[]): Promise<void> {
     const { tools, scopes } = this.#o.rateLimits;
     const checks: Array<{ limit: string; subject: string; result: Promise<RateLimitResult> }> = [];
+    // Own properties only: a tool called `constructor` must not find Object.prototype's.
+    const perMinute = (table: Readonly<Record<string, number>>, name: string) => (Object.hasOwn(table, name) ? table[name] : undefined);
     for (const requirement of requirements) {
-      const perTool = requirement.tool !== undefined ? tools[requirement.tool] : undefined;
-      if (perTool !== undefined && requirement.tool !== undefined) {
-        const rule = { name: `mcp-tool:${encodeURIComponent(requirement.tool)}`, points: perTool, durationSeconds: 60 };
+      const perTool = requirement.tool !== undefined ? perMinute(tools, requirement.tool) : undefined;
+      if (perTool !== undefined) {
+        const rule = { name: `mcp-tool:${encodeURIComponent(requirement.tool as string)}`, points: perTool, durationSeconds: 60 };
         checks.push({ limit: 'mcp_tool', subject: `tool ${requirement.tool}`, result: this.#o.limiter.consume(principal.keyId, rule) });
       }
-      const perScope = scopes[requirement.scope];
-      if (perScope !== undefined) {
-        const rule = { name: `mcp-scope:${requirement.scope}`, points: perScope, durationSeconds: 60 };
-        checks.push({ limit: 'mcp_scope', subject: `scope ${requirement.scope}`, result: this.#o.limiter.consume(principal.keyId, rule) });
+      for (const scope of requirement.scopes) {
+        const perScope = perMinute(scopes, scope);
+        if (perScope === undefined) continue;
+        const rule = { name: `mcp-scope:${scope}`, points: perScope, durationSeconds: 60 };
+        checks.push({ limit: 'mcp_scope', subject: `scope ${scope}`, result: this.#o.limiter.consume(principal.keyId, rule) });
       }
     }
     for (const check of checks) {
@@ -359,6 +422,9 @@ export class McpGateway {
       await this.#forget(session.hash);
       this.#o.audit({ type: 'mcp.session_ended', outcome: 'info', tenantId: session.tenant, keyId: session.keyId, details: { reason, ref: session.ref } });
     }
+    // Sessions ended elsewhere (another instance's purge, terminate or DELETE) leave their transports here.
+    const open = await this.#o.sessions.stillOpen([...this.#live.keys()]);
+    for (const hash of this.#live.keys()) if (!open.has(hash)) this.#closeLocal(hash);
     await this.#o.history.purgeExpired();
     return ended.length;
   }

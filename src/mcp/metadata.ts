@@ -43,7 +43,8 @@ export function resourceMetadataRoutes(options: ResourceMetadataOptions): Hono<B
     c.json(
       {
         resource: mcpResourceUrl(c, options.publicUrl),
-        authorization_servers: [...options.authorizationServers],
+        // Optional in RFC 9728; left out rather than empty when no provider's tokens are taken here.
+        ...(options.authorizationServers.length > 0 ? { authorization_servers: [...options.authorizationServers] } : {}),
         scopes_supported: [...options.scopes()],
         bearer_methods_supported: ['header'],
         resource_name: 'Bulwark MCP gateway',

@@ -22,7 +22,7 @@ import type {
   ServerRequest,
   Tool,
 } from '@modelcontextprotocol/sdk/types.js';
-import type { Principal } from '../auth/principal.js';
+import { type Principal, crossesTenants } from '../auth/principal.js';
 import { hasScope } from '../auth/scopes.js';
 
 /** What the SDK hands a request handler: the cancellation signal, progress token, and the way back to the client. */
@@ -41,6 +41,8 @@ export interface CallContext {
 interface Entry {
   /** The scope a caller needs to see and use it. */
   readonly scope: string;
+  /** Only for operators (who manage every tenant): deployment-wide views a tenant's admin key must not get. */
+  readonly operatorOnly?: boolean;
   /** `bulwark` or the upstream's name, for audit events. */
   readonly source: string;
 }
@@ -106,7 +108,7 @@ export class McpRegistry {
 
   /** Re-reads every source's lists and tells listeners which lists changed. */
   refresh(): void {
-    const before = { tools: names(this.#tools), resources: [...names(this.#resources), ...this.#templates.map((t) => t.definition.uriTemplate)].join('\n'), prompts: names(this.#prompts) };
+    const before = this.#fingerprints();
     const tools = new Map<string, ToolEntry>();
     const resources = new Map<string, ResourceEntry>();
     const templates: ResourceTemplateEntry[] = [];
@@ -122,10 +124,16 @@ export class McpRegistry {
     this.#resources = resources;
     this.#templates = templates;
     this.#prompts = prompts;
-    const after = { tools: names(tools), resources: [...names(resources), ...templates.map((t) => t.definition.uriTemplate)].join('\n'), prompts: names(prompts) };
+    const after = this.#fingerprints();
     for (const kind of ['tools', 'resources', 'prompts'] as const) {
       if (before[kind] !== after[kind]) for (const listener of this.#listeners) listener(kind);
     }
+  }
+
+  /** What each list holds, definitions included: a changed description or schema is a change too. */
+  #fingerprints(): Record<ListKind, string> {
+    const of = (entries: Iterable<{ definition: unknown; scope: string }>) => JSON.stringify([...entries].map((e) => [e.definition, e.scope]));
+    return { tools: of(this.#tools.values()), resources: of([...this.#resources.values(), ...this.#templates]), prompts: of(this.#prompts.values()) };
   }
 
   /** Called when a list's membership changes (for `notifications/<kind>/list_changed`). */
@@ -135,7 +143,7 @@ export class McpRegistry {
   }
 
   #scoped<T extends Entry>(entry: T, listedName: string): T {
-    const override = this.#overrides[listedName];
+    const override = Object.hasOwn(this.#overrides, listedName) ? this.#overrides[listedName] : undefined;
     return override === undefined || override === entry.scope ? entry : Object.assign(Object.create(entry) as T, { scope: override });
   }
 
@@ -150,6 +158,19 @@ export class McpRegistry {
   /** A resource by exact URI, else the first template it matches. */
   resource(uri: string): ResourceEntry | ResourceTemplateEntry | undefined {
     return this.#resources.get(uri) ?? this.#templates.find((t) => t.matches(uri));
+  }
+
+  /**
+   * Every scope reading this URI needs: the exact resource's and that of each template it
+   * matches. Requiring all of them means a URI a stricter entry guards cannot be read through a
+   * broader template that happens to match it too.
+   */
+  resourceScopes(uri: string): string[] {
+    const scopes = new Set<string>();
+    const exact = this.#resources.get(uri);
+    if (exact) scopes.add(exact.scope);
+    for (const template of this.#templates) if (template.matches(uri)) scopes.add(template.scope);
+    return [...scopes];
   }
 
   resourceTemplate(uriTemplate: string): ResourceTemplateEntry | undefined {
@@ -169,24 +190,25 @@ export class McpRegistry {
     return [...all].sort();
   }
 
-  /** What a caller with these scopes may see. */
-  visibleTools(scopes: readonly string[]): ToolEntry[] {
-    return [...this.#tools.values()].filter((e) => hasScope(scopes, e.scope));
+  /** What this caller may see and use. */
+  visibleTools(principal: Principal): ToolEntry[] {
+    return [...this.#tools.values()].filter((e) => mayUse(principal, e));
   }
 
-  visibleResources(scopes: readonly string[]): ResourceEntry[] {
-    return [...this.#resources.values()].filter((e) => hasScope(scopes, e.scope));
+  visibleResources(principal: Principal): ResourceEntry[] {
+    return [...this.#resources.values()].filter((e) => mayUse(principal, e));
   }
 
-  visibleResourceTemplates(scopes: readonly string[]): ResourceTemplateEntry[] {
-    return this.#templates.filter((e) => hasScope(scopes, e.scope));
+  visibleResourceTemplates(principal: Principal): ResourceTemplateEntry[] {
+    return this.#templates.filter((e) => mayUse(principal, e));
   }
 
-  visiblePrompts(scopes: readonly string[]): PromptEntry[] {
-    return [...this.#prompts.values()].filter((e) => hasScope(scopes, e.scope));
+  visiblePrompts(principal: Principal): PromptEntry[] {
+    return [...this.#prompts.values()].filter((e) => mayUse(principal, e));
   }
 }
 
-function names(map: ReadonlyMap<string, unknown>): string {
-  return [...map.keys()].sort().join('\n');
+/** The caller's scopes cover the entry's, and an operator-only entry is asked for by an operator. */
+export function mayUse(principal: Principal, entry: Entry): boolean {
+  return hasScope(principal.scopes, entry.scope) && (!entry.operatorOnly || crossesTenants(principal));
 }

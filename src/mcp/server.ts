@@ -33,7 +33,7 @@ import type { Logger } from '../http/logger.js';
 import { VERSION } from '../version.js';
 import { errorResult } from './builtin.js';
 import type { ToolPayload } from './payloads.js';
-import type { CallContext, McpExtra, McpRegistry, ResourceEntry, ResourceTemplateEntry } from './registry.js';
+import { type CallContext, type McpExtra, type McpRegistry, type ResourceEntry, type ResourceTemplateEntry, mayUse } from './registry.js';
 
 export interface SessionServerOptions {
   registry: McpRegistry;
@@ -81,23 +81,23 @@ export function createSessionServer(options: SessionServerOptions): Server {
   const contextFor = (extra: McpExtra): CallContext => ({ principal: principalOf(extra), sessionHash, extra, clientCapabilities: server.getClientCapabilities() });
 
   server.setRequestHandler(ListToolsRequestSchema, async (_request, extra) => ({
-    tools: registry.visibleTools(principalOf(extra).scopes).map((t) => t.definition),
+    tools: registry.visibleTools(principalOf(extra)).map((t) => t.definition),
   }));
   server.setRequestHandler(ListResourcesRequestSchema, async (_request, extra) => ({
-    resources: registry.visibleResources(principalOf(extra).scopes).map((r) => r.definition),
+    resources: registry.visibleResources(principalOf(extra)).map((r) => r.definition),
   }));
   server.setRequestHandler(ListResourceTemplatesRequestSchema, async (_request, extra) => ({
-    resourceTemplates: registry.visibleResourceTemplates(principalOf(extra).scopes).map((t) => t.definition),
+    resourceTemplates: registry.visibleResourceTemplates(principalOf(extra)).map((t) => t.definition),
   }));
   server.setRequestHandler(ListPromptsRequestSchema, async (_request, extra) => ({
-    prompts: registry.visiblePrompts(principalOf(extra).scopes).map((p) => p.definition),
+    prompts: registry.visiblePrompts(principalOf(extra)).map((p) => p.definition),
   }));
 
   server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
     const context = contextFor(extra);
     const { name } = request.params;
     const tool = registry.tool(name);
-    if (!tool || !hasScope(context.principal.scopes, tool.scope)) throw notFound(`Tool ${name}`);
+    if (!tool || !mayUse(context.principal, tool)) throw notFound(`Tool ${name}`);
     const started = performance.now();
     let outcome: 'success' | 'failure' = 'failure';
     let error: string | undefined;
@@ -140,7 +140,8 @@ export function createSessionServer(options: SessionServerOptions): Server {
   const resourceFor = (uri: string, extra: McpExtra): { entry: ResourceEntry | ResourceTemplateEntry; context: CallContext } => {
     const context = contextFor(extra);
     const entry = registry.resource(uri);
-    if (!entry || !hasScope(context.principal.scopes, entry.scope)) throw new McpError(-32002, `Resource ${uri} not found`, { uri });
+    const allowed = entry && mayUse(context.principal, entry) && registry.resourceScopes(uri).every((scope) => hasScope(context.principal.scopes, scope));
+    if (!entry || !allowed) throw new McpError(-32002, `Resource ${uri} not found`, { uri });
     return { entry, context };
   };
 
@@ -162,7 +163,7 @@ export function createSessionServer(options: SessionServerOptions): Server {
   server.setRequestHandler(GetPromptRequestSchema, async (request, extra) => {
     const context = contextFor(extra);
     const prompt = registry.prompt(request.params.name);
-    if (!prompt || !hasScope(context.principal.scopes, prompt.scope)) throw notFound(`Prompt ${request.params.name}`);
+    if (!prompt || !mayUse(context.principal, prompt)) throw notFound(`Prompt ${request.params.name}`);
     return prompt.get(request.params.arguments, context);
   });
 
@@ -171,7 +172,7 @@ export function createSessionServer(options: SessionServerOptions): Server {
     const { ref, argument } = request.params;
     const contextArguments = request.params.context?.arguments;
     const entry = ref.type === 'ref/prompt' ? registry.prompt(ref.name) : registry.resourceTemplate(ref.uri);
-    if (!entry || !hasScope(context.principal.scopes, entry.scope)) throw notFound(ref.type === 'ref/prompt' ? `Prompt ${ref.name}` : `Resource template ${ref.uri}`);
+    if (!entry || !mayUse(context.principal, entry)) throw notFound(ref.type === 'ref/prompt' ? `Prompt ${ref.name}` : `Resource template ${ref.uri}`);
     return entry.complete ? entry.complete(argument, contextArguments, context) : { completion: { values: [], hasMore: false } };
   });
 

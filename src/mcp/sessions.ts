@@ -23,6 +23,8 @@ const SESSION_ID_BYTES = 32;
 /** 32 bytes in unpadded base64url. Anything else is refused before touching the database. */
 const SESSION_ID = /^[A-Za-z0-9_-]{43}$/;
 const REF_LENGTH = 16;
+/** What operators see of a session and end it by: the first 16 hex characters of its id's hash. */
+export const SESSION_REF = /^[0-9a-f]{16}$/;
 const CLIENT_FIELD_MAX = 200;
 
 export interface McpSession {
@@ -97,7 +99,7 @@ export class McpSessionStore {
       expires_at: new Date(Math.min(now.getTime() + this.#maxMs, (principal.kind === 'key' ? principal.expiresAt?.getTime() : undefined) ?? Infinity)),
     };
     await this.#db.insertInto('mcp_sessions').values(row).execute();
-    return toSession({ ...row, init_params: init.params, ended_at: null, end_reason: null });
+    return toSession({ ...row, init_params: init.params });
   }
 
   /** The live session behind an id; an idle or expired one is ended on the way. */
@@ -133,7 +135,7 @@ export class McpSessionStore {
 
   /** Ends a session by the `ref` operators see; returns it, or undefined when there is none. */
   async endByRef(ref: string, tenant?: string): Promise<McpSession | undefined> {
-    if (!/^[0-9a-f]{16}$/.test(ref)) return undefined;
+    if (!SESSION_REF.test(ref)) return undefined;
     let query = this.#db.deleteFrom('mcp_sessions').where('ref', '=', ref);
     if (tenant !== undefined) query = query.where('tenant_id', '=', tenant);
     const row = await query.returningAll().executeTakeFirst();
@@ -158,6 +160,30 @@ export class McpSessionStore {
     if (filter.tenant !== undefined) query = query.where('tenant_id', '=', filter.tenant);
     if (filter.keyId !== undefined) query = query.where('key_id', '=', filter.keyId);
     return (await query.execute()).map(toSession);
+  }
+
+  /** How many live sessions a key has. */
+  async countForKey(keyId: string): Promise<number> {
+    const now = this.#now();
+    const row = await this.#db
+      .selectFrom('mcp_sessions')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .where('key_id', '=', keyId)
+      .where('expires_at', '>', now)
+      .where('last_seen_at', '>', new Date(now.getTime() - this.#idleMs))
+      .executeTakeFirst();
+    return Number(row?.n ?? 0);
+  }
+
+  /** Which of these sessions still exist (the rest ended, perhaps on another instance). */
+  async stillOpen(hashes: readonly string[]): Promise<Set<string>> {
+    const open = new Set<string>();
+    // In chunks: a statement takes at most 65,535 parameters.
+    for (let i = 0; i < hashes.length; i += 1000) {
+      const rows = await this.#db.selectFrom('mcp_sessions').select('id_hash').where('id_hash', 'in', hashes.slice(i, i + 1000)).execute();
+      for (const row of rows) open.add(row.id_hash);
+    }
+    return open;
   }
 
   /** Ends every idle or expired session; returns what ended, for closing transports and auditing. */

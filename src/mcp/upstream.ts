@@ -46,6 +46,7 @@ import {
 import type { FileConfig } from '../config/schema.js';
 import type { Logger } from '../http/logger.js';
 import { VERSION } from '../version.js';
+import { ClientCredentialsToken } from './client-credentials.js';
 import type { CallContext, McpExtra, McpSource, PromptEntry, ResourceEntry, ResourceTemplateEntry, ToolEntry } from './registry.js';
 
 export type UpstreamConfig = FileConfig['mcp']['upstreams'][number];
@@ -78,7 +79,7 @@ export class UpstreamSource implements McpSource {
   readonly name: string;
   readonly #o: UpstreamOptions;
   readonly #log: Logger;
-  readonly #token: OAuthToken | undefined;
+  readonly #token: ClientCredentialsToken | undefined;
   #discovery: Client | undefined;
   #tools: ToolEntry[] = [];
   #resources: ResourceEntry[] = [];
@@ -94,7 +95,7 @@ export class UpstreamSource implements McpSource {
     this.#o = options;
     this.name = options.config.name;
     this.#log = options.logger.child({ upstream: this.name });
-    this.#token = options.config.oauth ? new OAuthToken(options.config.oauth, options.config.timeoutMs) : undefined;
+    this.#token = options.config.oauth ? new ClientCredentialsToken(options.config.oauth, options.config.timeoutMs) : undefined;
     this.#retryMs = options.retryMs ?? 1_000;
   }
 
@@ -115,6 +116,10 @@ export class UpstreamSource implements McpSource {
   async start(): Promise<void> {
     try {
       const client = await this.#connect(undefined);
+      if (this.#stopped) {
+        await client.close();
+        return;
+      }
       this.#discovery = client;
       for (const schema of [ToolListChangedNotificationSchema, ResourceListChangedNotificationSchema, PromptListChangedNotificationSchema]) {
         client.setNotificationHandler(schema, () => void this.#list().catch((err: unknown) => this.#lost(err)));
@@ -280,12 +285,18 @@ export class UpstreamSource implements McpSource {
       const client = await link.client;
       return await run(client, context.extra);
     } catch (err) {
-      if (err instanceof McpError && err.code !== ErrorCode.ConnectionClosed && err.code !== ErrorCode.RequestTimeout) throw err;
+      // The client cancelled: the SDK has told the upstream; the session there is fine.
+      if (context.extra.signal.aborted) throw err;
+      if (err instanceof McpError && err.code === ErrorCode.RequestTimeout) {
+        // One slow call says nothing of the session's other calls; whether the server is there at all is checked.
+        void this.#probe();
+        throw new McpError(ErrorCode.RequestTimeout, `Upstream ${this.name} did not answer within ${this.#o.config.timeoutMs} ms`);
+      }
+      if (err instanceof McpError && err.code !== ErrorCode.ConnectionClosed) throw err;
       // The upstream session is unusable (closed, expired, unreachable): the next request opens a
       // new one, and the discovery session is checked, so a server that is gone leaves the lists.
       this.#drop(context.sessionHash);
       void this.#probe();
-      if (err instanceof McpError && err.code === ErrorCode.RequestTimeout) throw new McpError(ErrorCode.RequestTimeout, `Upstream ${this.name} did not answer within ${this.#o.config.timeoutMs} ms`);
       this.#log.warn({ error: (err as Error).message }, 'mcp upstream request failed');
       throw new McpError(ErrorCode.InternalError, `Upstream ${this.name} is unavailable`);
     } finally {
@@ -294,6 +305,7 @@ export class UpstreamSource implements McpSource {
   }
 
   #link(context: CallContext): SessionLink {
+    if (this.#stopped) throw new McpError(ErrorCode.ConnectionClosed, `Upstream ${this.name} is stopping`);
     const existing = this.#sessions.get(context.sessionHash);
     if (existing) return existing;
     const link: SessionLink = { active: [], client: Promise.resolve(undefined as unknown as Client) };
@@ -309,8 +321,10 @@ export class UpstreamSource implements McpSource {
 
   /** Handlers on a session's upstream client: what the upstream asks or tells goes to the Bulwark client. */
   #relay(client: Client, link: SessionLink, sessionHash: string, capabilities: ClientCapabilities): void {
+    // The newest call still waiting; a cancelled one can carry nothing back.
+    const current = () => link.active.filter((extra) => !extra.signal.aborted).at(-1);
     const caller = () => {
-      const extra = link.active.at(-1);
+      const extra = current();
       if (!extra) throw new McpError(ErrorCode.InvalidRequest, 'No client request is in progress to relay this request to');
       return extra;
     };
@@ -318,7 +332,7 @@ export class UpstreamSource implements McpSource {
     if (capabilities.elicitation) client.setRequestHandler(ElicitRequestSchema, (request) => caller().sendRequest(request, ElicitResultSchema));
     if (capabilities.roots) client.setRequestHandler(ListRootsRequestSchema, (request) => caller().sendRequest(request, ListRootsResultSchema));
     client.setNotificationHandler(LoggingMessageNotificationSchema, (notification) => {
-      const extra = link.active.at(-1);
+      const extra = current();
       const params = { ...notification.params, logger: notification.params.logger ?? this.name };
       if (extra) void extra.sendNotification({ method: 'notifications/message', params }).catch(() => {});
       else this.#o.notifySession(sessionHash, { method: 'notifications/message', params });
@@ -334,7 +348,8 @@ export class UpstreamSource implements McpSource {
         const headers = new Headers(init?.headers);
         for (const [name, value] of Object.entries(config.headers)) headers.set(name, value);
         if (token) headers.set('authorization', `Bearer ${await token.get()}`);
-        const response = await fetch(url, { ...init, headers });
+        // Bulwark's credential headers must not follow a redirect to wherever it points.
+        const response = await fetch(url, { ...init, headers, redirect: 'error' });
         // An expired or revoked upstream token: fetch a new one for the next request.
         if (response.status === 401 && token) token.invalidate();
         return response;
@@ -395,58 +410,4 @@ async function paged<R extends { nextCursor?: string | undefined }, T>(fetchPage
     if (!cursor) break;
   }
   return all;
-}
-
-/**
- * Bulwark's own access token for one upstream, from the OAuth 2.0 client-credentials grant
- * (RFC 6749 §4.4). Renewed a minute before it expires, or after the upstream answers 401;
- * concurrent requests share one token request.
- */
-class OAuthToken {
-  readonly #o: NonNullable<UpstreamConfig['oauth']>;
-  readonly #timeoutMs: number;
-  #current: { token: string; renewAt: number } | undefined;
-  #pending: Promise<string> | undefined;
-
-  constructor(options: NonNullable<UpstreamConfig['oauth']>, timeoutMs: number) {
-    this.#o = options;
-    this.#timeoutMs = timeoutMs;
-  }
-
-  get(): Promise<string> {
-    if (this.#current && Date.now() < this.#current.renewAt) return Promise.resolve(this.#current.token);
-    this.#pending ??= this.#fetch().finally(() => {
-      this.#pending = undefined;
-    });
-    return this.#pending;
-  }
-
-  invalidate(): void {
-    this.#current = undefined;
-  }
-
-  async #fetch(): Promise<string> {
-    const body = new URLSearchParams({ grant_type: 'client_credentials' });
-    if (this.#o.scope) body.set('scope', this.#o.scope);
-    if (this.#o.resource) body.set('resource', this.#o.resource);
-    const response = await fetch(this.#o.tokenUrl, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/x-www-form-urlencoded',
-        accept: 'application/json',
-        // RFC 6749 §2.3.1: client_secret_basic, each part form-encoded first.
-        authorization: `Basic ${Buffer.from(`${encodeURIComponent(this.#o.clientId)}:${encodeURIComponent(this.#o.clientSecret)}`).toString('base64')}`,
-      },
-      body,
-      signal: AbortSignal.timeout(this.#timeoutMs),
-    });
-    const payload = (await response.json().catch(() => ({}))) as { access_token?: unknown; expires_in?: unknown; error?: unknown };
-    if (!response.ok || typeof payload.access_token !== 'string') {
-      // The token endpoint's error code is safe to report; its body may not be.
-      throw new Error(`token endpoint answered ${response.status}${typeof payload.error === 'string' ? ` (${payload.error.slice(0, 64)})` : ''}`);
-    }
-    const lifetimeMs = typeof payload.expires_in === 'number' && payload.expires_in > 0 ? payload.expires_in * 1000 : 3_600_000;
-    this.#current = { token: payload.access_token, renewAt: Date.now() + Math.max(lifetimeMs - 60_000, lifetimeMs / 2) };
-    return payload.access_token;
-  }
 }

@@ -148,9 +148,7 @@ const MIGRATIONS: Record<string, Migration> = {
           init_params jsonb not null,
           created_at timestamptz not null,
           last_seen_at timestamptz not null,
-          expires_at timestamptz not null,
-          ended_at timestamptz,
-          end_reason text
+          expires_at timestamptz not null
         )`.execute(db);
       await sql`create index mcp_sessions_key_idx on mcp_sessions (key_id)`.execute(db);
       await sql`create index mcp_sessions_expires_idx on mcp_sessions (expires_at)`.execute(db);

@@ -124,8 +124,6 @@ export interface McpSessionsTable {
   last_seen_at: Timestamp;
   /** Absolute end of the session, whatever its activity. */
   expires_at: Timestamp;
-  ended_at: NullableTimestamp;
-  end_reason: string | null;
 }
 
 /** One stored SSE event of an MCP session, encrypted; see migration 0004. */

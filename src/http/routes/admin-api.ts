@@ -11,6 +11,7 @@ import { crossesTenants } from '../../auth/principal.js';
 import { LimitSetSchema, SCOPE_PATTERN } from '../../config/schema.js';
 import type { ProxyManagement } from '../../proxy/management.js';
 import type { McpGateway } from '../../mcp/gateway.js';
+import { SESSION_REF } from '../../mcp/sessions.js';
 import { openToolPayloads } from '../../mcp/payloads.js';
 import type { KeyRing } from '../../store/crypto.js';
 import { clientIp, requestPath } from '../client-info.js';
@@ -70,7 +71,7 @@ const TailQuery = z.strictObject({
 });
 
 const McpSessionsQuery = z.strictObject({ tenant: TenantParam.optional(), key: KeyId.optional() });
-const McpRef = z.string().regex(/^[0-9a-f]{16}$/, 'is not a session ref (16 hex characters)');
+const McpRef = z.string().regex(SESSION_REF, 'is not a session ref (16 hex characters)');
 
 export interface AdminApiOptions {
   mcp: McpGateway;
