@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { CreateMessageRequestSchema, ResourceUpdatedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+import { CreateMessageRequestSchema, ResourceUpdatedNotificationSchema, ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FixtureUpstream, startFixtureUpstream } from './fixtures/mcp-upstream.js';
 import { type TestBulwark, startTestBulwark } from './helpers/runtime.js';
@@ -181,6 +181,18 @@ describe('MCP federation', () => {
     expect((await kept).isError).toBeFalsy();
     // The session's upstream connection is still the same good one.
     expect((await client.callTool({ name: 'fixture__test_simple_text', arguments: {} })).isError).toBeFalsy();
+  });
+
+  it("lists an upstream's new tool after its list_changed, and tells the clients", async () => {
+    const client = await connect(writer);
+    let told = 0;
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      told += 1;
+    });
+    await headerUpstream.addTool('test_added_later', 'added later');
+    await expect.poll(async () => (await client.listTools()).tools.map((t) => t.name), { timeout: 5_000 }).toContain('fixture__test_added_later');
+    expect((await client.callTool({ name: 'fixture__test_added_later', arguments: {} })).content).toEqual([{ type: 'text', text: 'added later' }]);
+    await expect.poll(() => told, { timeout: 5_000 }).toBeGreaterThan(0);
   });
 
   it('audits upstream calls with the upstream as source', async () => {
