@@ -56,7 +56,7 @@ describe.each(ENGINES)('store on %s', (engine) => {
 
     it('records every migration in schema_migrations', async () => {
       const { rows } = await sql<{ name: string }>`select name from schema_migrations order by name`.execute(t.database.db);
-      expect(rows.map((r) => r.name)).toEqual(['0001_foundation', '0002_proxy', '0003_admin_sessions', '0004_mcp']);
+      expect(rows.map((r) => r.name)).toEqual(['0001_foundation', '0002_proxy', '0003_admin_sessions', '0004_mcp', '0005_agent_sessions']);
     });
 
     it('lists every migration as pending on an empty database, then applies it once', async () => {

@@ -309,6 +309,181 @@ describe('POST /v1/messages', () => {
   });
 });
 
+describe('tool use', () => {
+  const ECHO_TOOL = { name: 'echo', description: 'Echoes its text', input_schema: { type: 'object', properties: { text: { type: 'string' } } } };
+  const CLOCK_TOOL = { name: 'clock', description: 'Tells the time', input_schema: { type: 'object', properties: {} } };
+  const ASK_ECHO = 'please use echo {"text":"hi there"} and tell me';
+
+  function toolBody(content: unknown, overrides: Record<string, unknown> = {}): Record<string, any> {
+    return messageBody({ tools: [ECHO_TOOL, CLOCK_TOOL], messages: [{ role: 'user', content }], ...overrides });
+  }
+
+  /** A conversation whose assistant turn called `calls`, answered by a user turn of `results`. */
+  function afterToolUse(results: unknown[], calls: string[] = ['toolu_01AAAAAAAAAAAAAAAAAAAAAAAA']): Record<string, any> {
+    return messageBody({
+      tools: [ECHO_TOOL],
+      messages: [
+        { role: 'user', content: 'use echo' },
+        { role: 'assistant', content: [{ type: 'text', text: 'Calling echo.' }, ...calls.map((id) => ({ type: 'tool_use', id, name: 'echo', input: {} }))] },
+        { role: 'user', content: results },
+      ],
+    });
+  }
+
+  it('calls the tool a user message asks for, with the JSON input after its name and stop_reason tool_use', async () => {
+    const body = toolBody(ASK_ECHO);
+    const response = await post('/v1/messages', body);
+    expect(response.status).toBe(200);
+    const message = await json(response);
+    expect(message).toMatchObject({ type: 'message', role: 'assistant', stop_reason: 'tool_use', stop_sequence: null });
+    expect(message.content).toEqual([
+      { type: 'text', text: 'Calling echo.' },
+      { type: 'tool_use', id: expect.stringMatching(/^toolu_[0-9A-Za-z]{24}$/), name: 'echo', input: { text: 'hi there' }, caller: { type: 'direct' } },
+    ]);
+    // Two words of text plus the input's 19 characters of JSON in 8-character chunks.
+    expect(message.usage.output_tokens).toBe(2 + 3);
+    const counted = await json(await post('/v1/messages/count_tokens', { model: body.model, tools: body.tools, messages: body.messages }));
+    expect(message.usage.input_tokens).toBe(counted.input_tokens);
+    // The tool definitions are part of the prompt.
+    const withoutTools = await json(await post('/v1/messages/count_tokens', { model: body.model, messages: body.messages }));
+    expect(counted.input_tokens).toBeGreaterThan(withoutTools.input_tokens);
+  });
+
+  it('calls the first offered tool mentioned, with {} when no JSON object follows its name', async () => {
+    const message = await json(await post('/v1/messages', toolBody('use shell, or use clock {not json}, then use echo {"text":"x"}')));
+    expect(message.stop_reason).toBe('tool_use');
+    expect(message.content[1]).toMatchObject({ type: 'tool_use', name: 'clock', input: {} });
+    const bare = await json(await post('/v1/messages', toolBody([{ type: 'text', text: 'now' }, { type: 'text', text: 'use clock' }])));
+    expect(bare.content[1]).toMatchObject({ name: 'clock', input: {} });
+  });
+
+  it('never calls a tool the request did not offer: the reply is the plain echo', async () => {
+    const unknown = await json(await post('/v1/messages', toolBody('use shell {"cmd":"id"}')));
+    expect(unknown.stop_reason).toBe('end_turn');
+    expect(unknown.content).toEqual([{ type: 'text', text: 'Echo: use shell {"cmd":"id"}' }]);
+    const noTools = await json(await post('/v1/messages', toolBody(ASK_ECHO, { tools: undefined })));
+    expect(noTools.stop_reason).toBe('end_turn');
+    expect(noTools.content).toHaveLength(1);
+    const typedOnly = await json(await post('/v1/messages', toolBody('use web_search', { tools: [{ type: 'web_search_20250305', name: 'web_search' }] })));
+    expect(typedOnly.stop_reason).toBe('end_turn');
+  });
+
+  it('sends no partial tool call when the reply does not fit max_tokens: the text, cut, with stop_reason max_tokens', async () => {
+    const message = await json(await post('/v1/messages', toolBody(ASK_ECHO, { max_tokens: 4 })));
+    expect(message).toMatchObject({ stop_reason: 'max_tokens', content: [{ type: 'text', text: 'Calling echo.' }], usage: { output_tokens: 2 } });
+  });
+
+  it('streams the tool call as content_block_start, an empty then chunked input_json_delta, and stop_reason tool_use', async () => {
+    const response = await post('/v1/messages', toolBody(ASK_ECHO, { stream: true }));
+    const { text, outcome } = await readChunks(response);
+    expect(outcome).toBe('done');
+    const events = parseSse(text);
+    expect(events.map((e) => e.event)).toEqual([
+      'message_start',
+      'content_block_start',
+      'ping',
+      'content_block_delta',
+      'content_block_delta',
+      'content_block_stop',
+      'content_block_start',
+      'content_block_delta',
+      'content_block_delta',
+      'content_block_delta',
+      'content_block_delta',
+      'content_block_stop',
+      'message_delta',
+      'message_stop',
+    ]);
+    const toolStart = events[6]!.data;
+    expect(toolStart).toEqual({
+      type: 'content_block_start',
+      index: 1,
+      content_block: { type: 'tool_use', id: expect.stringMatching(/^toolu_[0-9A-Za-z]{24}$/), name: 'echo', input: {}, caller: { type: 'direct' } },
+    });
+    const jsonDeltas = events.filter((e) => e.event === 'content_block_delta' && e.data.index === 1).map((e) => e.data.delta);
+    expect(jsonDeltas.every((delta) => delta.type === 'input_json_delta')).toBe(true);
+    expect(jsonDeltas[0].partial_json).toBe('');
+    expect(JSON.parse(jsonDeltas.map((delta) => delta.partial_json).join(''))).toEqual({ text: 'hi there' });
+    expect(events[11]!.data).toEqual({ type: 'content_block_stop', index: 1 });
+    expect(events.at(-2)!.data).toEqual({ type: 'message_delta', delta: { stop_reason: 'tool_use', stop_sequence: null }, usage: { output_tokens: 5 } });
+  });
+
+  it('answers tool_result blocks with text naming each result, its content and (error)', async () => {
+    const calls = ['toolu_01AAAAAAAAAAAAAAAAAAAAAAAA', 'toolu_01BBBBBBBBBBBBBBBBBBBBBBBB'];
+    const results = [
+      { type: 'tool_result', tool_use_id: calls[0], content: 'hi\nthere' },
+      { type: 'tool_result', tool_use_id: calls[1], content: [{ type: 'text', text: 'boom' }, { type: 'text', text: 'again' }], is_error: true },
+    ];
+    const body = afterToolUse(results, calls);
+    const message = await json(await post('/v1/messages', body));
+    expect(message.stop_reason).toBe('end_turn');
+    expect(message.content).toEqual([{ type: 'text', text: `Result of ${calls[0]}: hi there Result of ${calls[1]}: boom again (error)` }]);
+    expect(message.usage.output_tokens).toBe(message.content[0].text.split(' ').length);
+    const counted = await json(await post('/v1/messages/count_tokens', { model: body.model, tools: body.tools, messages: body.messages }));
+    expect(message.usage.input_tokens).toBe(counted.input_tokens);
+
+    const streamed = parseSse((await readChunks(await post('/v1/messages', { ...body, stream: true }))).text);
+    expect(streamed.filter((e) => e.event === 'content_block_delta').map((e) => e.data.delta.text).join('')).toBe(message.content[0].text);
+  });
+
+  it.each([
+    ['tools that are not a list', { tools: { name: 'echo' } }, 'tools: Input should be a valid list'],
+    ['a tool without a name', { tools: [{ input_schema: { type: 'object' } }] }, 'tools.0.custom.name: Field required'],
+    ['a tool name with a space', { tools: [CLOCK_TOOL, { ...ECHO_TOOL, name: 'echo text' }] }, "tools.1.custom.name: String should match pattern '^[a-zA-Z0-9_-]{1,64}$'"],
+    ['a 65-character tool name', { tools: [{ ...ECHO_TOOL, name: 'a'.repeat(65) }] }, "tools.0.custom.name: String should match pattern '^[a-zA-Z0-9_-]{1,64}$'"],
+    ['a tool without input_schema', { tools: [{ name: 'echo' }] }, 'tools.0.custom.input_schema: Field required'],
+    ['an input_schema without type', { tools: [{ name: 'echo', input_schema: { properties: {} } }] }, 'tools.0.custom.input_schema.type: Field required'],
+    ['an input_schema that is not an object schema', { tools: [{ name: 'echo', input_schema: { type: 'string' } }] }, "tools.0.custom.input_schema.type: Input should be 'object'"],
+    ['two tools of one name', { tools: [ECHO_TOOL, ECHO_TOOL] }, 'tools: Tool names must be unique.'],
+  ])('refuses %s with 400 invalid_request_error', async (_name, overrides, message) => {
+    const response = await post('/v1/messages', messageBody(overrides));
+    const body = await json(response);
+    expectAnthropicError(response, body, 400, 'invalid_request_error');
+    expect(body.error.message).toBe(message);
+  });
+
+  it('accepts a 64-character tool name and a typed tool without input_schema', async () => {
+    const tools = [{ ...ECHO_TOOL, name: 'a'.repeat(64) }, { type: 'web_search_20250305', name: 'web_search', max_uses: 1 }];
+    expect((await post('/v1/messages', messageBody({ tools }))).status).toBe(200);
+  });
+
+  it('refuses with 400 a tool_result whose tool_use_id the previous assistant message did not call', async () => {
+    const stray = afterToolUse([{ type: 'tool_result', tool_use_id: 'toolu_01AAAAAAAAAAAAAAAAAAAAAAAA', content: 'ok' }, { type: 'tool_result', tool_use_id: 'toolu_01ZZZZZZZZZZZZZZZZZZZZZZZZ', content: 'x' }]);
+    for (const path of ['/v1/messages', '/v1/messages/count_tokens']) {
+      const response = await post(path, stray);
+      const body = await json(response);
+      expectAnthropicError(response, body, 400, 'invalid_request_error');
+      expect(body.error.message).toBe(
+        'messages.2.content.1: unexpected `tool_use_id` found in `tool_result` blocks: toolu_01ZZZZZZZZZZZZZZZZZZZZZZZZ. Each `tool_result` block must have a corresponding `tool_use` block in the previous message.',
+      );
+    }
+    // A call made two turns back does not count: only the message immediately before.
+    const earlier = messageBody({
+      tools: [ECHO_TOOL],
+      messages: [
+        { role: 'user', content: 'use echo' },
+        { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_01AAAAAAAAAAAAAAAAAAAAAAAA', name: 'echo', input: {} }] },
+        { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_01AAAAAAAAAAAAAAAAAAAAAAAA', content: 'ok' }] },
+        { role: 'assistant', content: 'done' },
+        { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_01AAAAAAAAAAAAAAAAAAAAAAAA', content: 'again' }] },
+      ],
+    });
+    const response = await post('/v1/messages', earlier);
+    const body = await json(response);
+    expectAnthropicError(response, body, 400, 'invalid_request_error');
+    expect(body.error.message).toMatch(/^messages\.4\.content\.0: unexpected `tool_use_id`/);
+  });
+
+  it('refuses with 400 a tool_use the next message does not answer with a tool_result', async () => {
+    const response = await post('/v1/messages', afterToolUse([{ type: 'text', text: 'never mind' }]));
+    const body = await json(response);
+    expectAnthropicError(response, body, 400, 'invalid_request_error');
+    expect(body.error.message).toBe(
+      'messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_01AAAAAAAAAAAAAAAAAAAAAAAA. Each `tool_use` block must have a corresponding `tool_result` block in the next message.',
+    );
+  });
+});
+
 describe('POST /v1/messages/count_tokens', () => {
   it('answers input_tokens equal to what /v1/messages bills', async () => {
     const body = messageBody({ system: 'be brief' });
@@ -501,6 +676,27 @@ describe('the official SDK against the stand-in', () => {
     const failure = await client.messages.create(params).catch((error: unknown) => error);
     expect(failure).toBeInstanceOf(Anthropic.APIError);
     expect(failure).toMatchObject({ status: 529, requestID: expect.stringMatching(/^req_/) });
+  });
+
+  it('runs a tool loop: the streamed tool call reassembles into the same tool_use block, and the result reaches the model', async () => {
+    const client = new Anthropic({ apiKey: API_KEY, authToken: null, baseURL: standIn.url, maxRetries: 0 });
+    const tools = [{ name: 'echo', description: 'Echoes its text', input_schema: { type: 'object' as const, properties: { text: { type: 'string' } } } }];
+    const params = { model: 'claude-sonnet-4-5-20250929', max_tokens: 100, tools, messages: [{ role: 'user' as const, content: 'use echo {"text":"hi ✓ 🌍 there"}' }] };
+    const message = await client.messages.create(params);
+    expect(message.stop_reason).toBe('tool_use');
+    const streamed = await client.messages.stream(params).finalMessage();
+    expect(streamed.stop_reason).toBe('tool_use');
+    expect(streamed.content).toEqual(message.content.map((block) => (block.type === 'tool_use' ? { ...block, id: expect.stringMatching(/^toolu_/) } : block)));
+    expect(streamed.content[1]).toMatchObject({ type: 'tool_use', name: 'echo', input: { text: 'hi ✓ 🌍 there' } });
+    expect(streamed.usage).toMatchObject({ input_tokens: message.usage.input_tokens, output_tokens: message.usage.output_tokens });
+
+    const call = streamed.content.find((block) => block.type === 'tool_use')!;
+    const answer = await client.messages.create({
+      ...params,
+      messages: [...params.messages, { role: 'assistant', content: streamed.content }, { role: 'user', content: [{ type: 'tool_result', tool_use_id: call.id, content: 'hi there' }] }],
+    });
+    expect(answer.stop_reason).toBe('end_turn');
+    expect(answer.content).toEqual([{ type: 'text', text: `Result of ${call.id}: hi there` }]);
   });
 });
 

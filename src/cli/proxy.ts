@@ -93,7 +93,7 @@ export function registerProxyCommands(program: Command, withOperations: WithOper
     .action(async (opts: { json?: boolean }) => {
       const result = unwrap(await withOperations((ops) => ops.rotateEncryption()));
       if (opts.json) return printJson(result);
-      printLines([`Re-encrypted ${result.bodies} request rows and ${result.credentials} credentials under key ${result.keyId}.`]);
+      printLines([`Re-encrypted ${result.bodies} request rows, ${result.credentials} credentials and ${result.agentSessions} agent conversations under key ${result.keyId}.`]);
     });
 
   program

@@ -66,6 +66,7 @@ export interface Config {
   readonly oidc: FileConfig['oidc'];
   readonly sessions: FileConfig['sessions'];
   readonly mcp: FileConfig['mcp'];
+  readonly agent: FileConfig['agent'];
   readonly log: { readonly level: string };
   readonly limits: { readonly keys: LimitSet | undefined; readonly tenants: Readonly<Record<string, LimitSet>> };
   readonly prices: PriceTable;
@@ -164,6 +165,7 @@ export function loadConfig(options: LoadOptions = {}): Config {
     oidc: file.oidc,
     sessions: file.sessions,
     mcp: file.mcp,
+    agent: file.agent,
     log: { level: file.log.level },
     limits: { keys: file.limits.keys, tenants: file.limits.tenants },
     prices: file.prices,

@@ -276,6 +276,32 @@ export const FileConfigSchema = z.strictObject({
       maxResultBytes: 4 * 1024 * 1024,
       upstreams: [],
     }),
+  /** Bulwark's own agent (`/api/message`): its model, prompt and the skills its card lists. */
+  agent: z
+    .strictObject({
+      name: z.string().min(1).max(100).default('Bulwark agent'),
+      description: z.string().min(1).max(2000).default('A tool-using assistant behind Bulwark: every call is authenticated, scoped, limited and audited.'),
+      model: z.string().min(1).max(200).default('claude-sonnet-4-5'),
+      /** Models `POST /api/llm/switch` may choose; the configured model is always one. */
+      models: z.array(z.string().min(1).max(200)).default([]),
+      systemPrompt: z.string().max(20_000).default('You are a careful assistant. Use the tools you are given when they help; say plainly when you cannot do something.'),
+      /** Model turns per message, tool calls included, before the agent stops and says so. */
+      maxSteps: count.max(50).default(8),
+      maxTokens: count.max(64_000).default(1024),
+      skills: z
+        .array(z.strictObject({ id: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/), name: z.string().min(1).max(100), description: z.string().min(1).max(1000), tags: z.array(z.string().min(1).max(50)).default([]) }))
+        .default([]),
+    })
+    .default({
+      name: 'Bulwark agent',
+      description: 'A tool-using assistant behind Bulwark: every call is authenticated, scoped, limited and audited.',
+      model: 'claude-sonnet-4-5',
+      models: [],
+      systemPrompt: 'You are a careful assistant. Use the tools you are given when they help; say plainly when you cannot do something.',
+      maxSteps: 8,
+      maxTokens: 1024,
+      skills: [],
+    }),
   /** Limits for /v1 calls: `keys` applies to every key without limits of its own; `tenants` per tenant. */
   limits: z
     .strictObject({ keys: LimitSetSchema.optional(), tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'is not a tenant id'), LimitSetSchema).default({}) })

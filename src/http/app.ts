@@ -10,7 +10,14 @@
 import { type Context, Hono } from 'hono';
 import { authenticate, requireScope } from '../auth/middleware.js';
 import { isLoopbackHost } from '../config/safety.js';
-import { anthropicErrors, proxyRoutes } from '../proxy/routes.js';
+import { type ProxyOptions, anthropicErrors, proxyRoutes } from '../proxy/routes.js';
+import type { CallModel, ModelMessage } from '../agent/agent.js';
+import { agentRoutes } from '../agent/routes.js';
+import { ticketAuth } from '../agent/tickets.js';
+import { agentCardRoutes } from '../agent/card.js';
+import { openApiRoutes } from './openapi.js';
+import { VERSION } from '../version.js';
+import type { Principal } from '../auth/principal.js';
 import { bodyLimit } from '../security/body-limit.js';
 import { clientAddress } from '../security/client-ip.js';
 import { compress } from '../security/compress.js';
@@ -124,6 +131,14 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
     }),
   );
 
+  app.route('/', agentCardRoutes({ agent: config.agent, version: VERSION, publicUrl: config.server.publicUrl }));
+  app.route('/', openApiRoutes({ version: VERSION, publicUrl: config.server.publicUrl }));
+
+  // Browsers' EventSource cannot send headers: /api/events alone takes a single-use ticket instead.
+  app.use(
+    '/api/events',
+    ticketAuth({ tickets: runtime.eventTickets, audit, keyStillValid: (id) => runtime.keyStillValid(id), onFailure: (ip, c) => runtime.authFailures.recordFailure(ip, c) }),
+  );
   app.use(
     '*',
     authenticate({
@@ -141,24 +156,79 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
   app.route('/', whoamiRoutes());
   if (runtime.jwtIssuer) app.route('/', authTokenRoutes({ issuer: runtime.jwtIssuer, audit }));
   app.route('/', runtime.mcp.routes());
+  const proxyOptions: ProxyOptions = {
+    ledger: runtime.ledger,
+    subjectsFor: (principal) => runtime.subjectsFor(principal),
+    prices: config.prices,
+    upstream: runtime.upstream,
+    credentials: runtime.credentials,
+    oauth: runtime.oauth,
+    requestLog: runtime.requestLog,
+    audit,
+    allowPaths: config.upstream.allowPaths,
+    storeBodies: config.storage.bodies ? runtime.keyRing : undefined,
+    metrics: runtime.metrics,
+    stallTimeoutMs: config.upstream.idleTimeoutMs,
+  };
   app.route(
     '/',
-    proxyRoutes({
-      ledger: runtime.ledger,
-      subjectsFor: (principal) => runtime.subjectsFor(principal),
-      prices: config.prices,
-      upstream: runtime.upstream,
-      credentials: runtime.credentials,
-      oauth: runtime.oauth,
-      requestLog: runtime.requestLog,
+    agentRoutes({
+      registry: runtime.mcpRegistry,
+      callModel: internalModelCalls(runtime, proxyOptions),
+      sessions: runtime.agentSessions,
+      feed: runtime.agentFeed,
+      tickets: runtime.eventTickets,
+      model: config.agent.model,
+      models: config.agent.models,
+      systemPrompt: config.agent.systemPrompt,
+      maxSteps: config.agent.maxSteps,
+      maxTokens: config.agent.maxTokens,
       audit,
-      allowPaths: config.upstream.allowPaths,
-      storeBodies: config.storage.bodies ? runtime.keyRing : undefined,
-      metrics: runtime.metrics,
-      stallTimeoutMs: config.upstream.idleTimeoutMs,
+      logger: runtime.logger,
     }),
   );
+  app.route('/', proxyRoutes(proxyOptions));
   return app;
+}
+
+/**
+ * The agent's model calls: Bulwark's own `/v1/messages` route, run in-process as the caller, so
+ * each call meets the same limits, budget, model list, upstream credential and `requests` row
+ * as a client's. The caller rides in a WeakMap keyed by the internal request, which nothing
+ * outside this function can build.
+ */
+function internalModelCalls(runtime: Runtime, proxyOptions: ProxyOptions): CallModel {
+  const callers = new WeakMap<Request, Principal>();
+  const internal = new Hono<BulwarkEnv>();
+  internal.onError(errorHandler((err) => runtime.logger.error({ err }, 'agent model call failed')));
+  internal.use('*', requestId());
+  internal.use('*', anthropicErrors());
+  internal.use('*', async (c, next) => {
+    const principal = callers.get(c.req.raw);
+    if (!principal) throw new Error('an internal model call without its caller');
+    c.set('principal', principal);
+    await next();
+  });
+  internal.route('/', proxyRoutes(proxyOptions));
+  return async (principal, body, signal) => {
+    const request = new Request('http://bulwark.internal/v1/messages', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'user-agent': 'bulwark-agent' },
+      body: JSON.stringify(body),
+      signal,
+    });
+    callers.set(request, principal);
+    const response = await internal.fetch(request);
+    const payload = (await response.json().catch(() => ({}))) as ModelMessage & { error?: { type?: string; message?: string } };
+    if (response.ok) return { ok: true, message: payload };
+    return {
+      ok: false,
+      status: response.status,
+      type: payload.error?.type ?? 'api_error',
+      message: payload.error?.message ?? `status ${response.status}`,
+      headers: Object.fromEntries(response.headers),
+    };
+  };
 }
 
 /** The admin listener: browser sign-in, admin API, metrics and readiness. Always authenticated, even with BULWARK_AUTH=off. */

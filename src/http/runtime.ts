@@ -45,6 +45,9 @@ import { McpRegistry } from '../mcp/registry.js';
 import { McpSessionStore } from '../mcp/sessions.js';
 import { sealToolPayload } from '../mcp/payloads.js';
 import { UpstreamSource } from '../mcp/upstream.js';
+import { AgentSessionStore } from '../agent/sessions.js';
+import { EventFeed } from '../agent/events.js';
+import { TicketStore } from '../agent/tickets.js';
 
 export interface Runtime {
   readonly config: Config;
@@ -93,6 +96,11 @@ export interface Runtime {
   /** What `/mcp` serves, and the endpoint itself with its sessions. */
   readonly mcpRegistry: McpRegistry;
   readonly mcp: McpGateway;
+  /** Conversations with Bulwark's agent, encrypted. */
+  readonly agentSessions: AgentSessionStore;
+  /** The agent's event feed (/api/events) and the tickets browsers use to open it. */
+  readonly agentFeed: EventFeed;
+  readonly eventTickets: TicketStore;
   /** Connects to the configured upstream MCP servers (in the background; a down one is retried). */
   startUpstreams(): Promise<void>;
   audit(event: AuditEventInput): void;
@@ -391,6 +399,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     startedAt,
     mcpRegistry,
     mcp,
+    agentSessions: new AgentSessionStore(database.db, keyRing),
+    agentFeed: new EventFeed(),
+    eventTickets: new TicketStore(database.db),
     async startUpstreams() {
       await Promise.all(upstreams.map((upstream) => upstream.start()));
     },

@@ -188,6 +188,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
   // MCP sessions: idle ones end within a minute of their limit; old event history goes too.
   const mcpPurgeTimer = setInterval(() => {
     runtime.mcp.purge().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'MCP sessions could not be purged; will try again'));
+    runtime.eventTickets.purgeExpired().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'expired event tickets could not be purged; will try again'));
   }, 60_000);
   mcpPurgeTimer.unref();
 

@@ -9,6 +9,7 @@ import { maskSecrets } from '../audit/mask.js';
 import type { KeyRing } from '../store/crypto.js';
 import type { Tables } from '../store/tables.js';
 import { StoredCredentials } from './credentials.js';
+import { agentSessionAad } from '../agent/sessions.js';
 
 export type BodyColumn = 'request_body' | 'response_body';
 
@@ -81,6 +82,8 @@ export interface RotationResult {
   keyId: string;
   bodies: number;
   credentials: number;
+  /** Conversations with Bulwark's agent. */
+  agentSessions: number;
 }
 
 /**
@@ -130,7 +133,15 @@ export async function rotateEncryption(db: Kysely<Tables>, ring: KeyRing, option
       .execute();
     credentials += 1;
   }
-  return { keyId: ring.currentKeyId, bodies, credentials };
+  let agentSessions = 0;
+  const histories = await db.selectFrom('agent_sessions').select(['id', 'tenant_id', 'history']).where('history', 'not like', current).execute();
+  for (const row of histories) {
+    const aad = agentSessionAad(row.tenant_id, row.id);
+    // Only if unchanged since read: a conversation that went on meanwhile was written under the current key.
+    await db.updateTable('agent_sessions').set({ history: ring.encrypt(ring.decrypt(row.history, aad), aad) }).where('id', '=', row.id).where('history', '=', row.history).execute();
+    agentSessions += 1;
+  }
+  return { keyId: ring.currentKeyId, bodies, credentials, agentSessions };
 }
 
 /** Rows still under an older key, for `doctor` and the rotation report. */

@@ -169,6 +169,34 @@ const MIGRATIONS: Record<string, Migration> = {
       await sql`create index mcp_events_created_idx on mcp_events (created_at)`.execute(db);
     },
   },
+  '0005_agent_sessions': {
+    async up(db) {
+      // Conversations with Bulwark's own agent (src/agent/). A session belongs to a tenant; its
+      // history (the Messages API turns, tool calls included) is AES-256-GCM ciphertext bound to
+      // the tenant and the session id, like request bodies.
+      await sql`
+        create table agent_sessions (
+          id text primary key,
+          tenant_id text not null,
+          key_id text not null,
+          turns integer not null default 0,
+          history text not null,
+          created_at timestamptz not null,
+          updated_at timestamptz not null
+        )`.execute(db);
+      await sql`create index agent_sessions_tenant_idx on agent_sessions (tenant_id, updated_at)`.execute(db);
+      // Single-use tickets for browsers' EventSource on /api/events (src/agent/tickets.ts): kept
+      // as SHA-256 of the ticket, deleted when redeemed, so a ticket works once on any instance.
+      await sql`
+        create table event_tickets (
+          id_hash text primary key,
+          principal jsonb not null,
+          origin text,
+          expires_at timestamptz not null
+        )`.execute(db);
+      await sql`create index event_tickets_expires_idx on event_tickets (expires_at)`.execute(db);
+    },
+  },
 };
 
 /** Every migration, in the order they apply. */

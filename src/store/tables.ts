@@ -136,6 +136,29 @@ export interface McpEventsTable {
   created_at: DefaultedTimestamp;
 }
 
+/** A conversation with Bulwark's agent; see migration 0005. */
+export interface AgentSessionsTable {
+  id: string;
+  tenant_id: string;
+  /** The key that started it. */
+  key_id: string;
+  turns: ColumnType<number, number | undefined, number>;
+  /** The Messages API history, encrypted with the key ring, bound to tenant and id. */
+  history: string;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+/** A single-use ticket for `GET /api/events?ticket=`; see migration 0005. */
+export interface EventTicketsTable {
+  id_hash: string;
+  /** The principal the ticket stands for (kind, tenant, key, scopes). */
+  principal: Json<Record<string, unknown>>;
+  /** The Origin it was issued to; redeeming needs the same. */
+  origin: string | null;
+  expires_at: Timestamp;
+}
+
 export interface Tables {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -145,4 +168,6 @@ export interface Tables {
   admin_sessions: AdminSessionsTable;
   mcp_sessions: McpSessionsTable;
   mcp_events: McpEventsTable;
+  agent_sessions: AgentSessionsTable;
+  event_tickets: EventTicketsTable;
 }

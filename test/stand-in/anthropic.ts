@@ -19,6 +19,33 @@
  * - Token counting answers `{ input_tokens }`: https://docs.claude.com/en/api/messages-count-tokens
  * - API version 2026-10-21 and its stricter validation, and API keys sent as `Authorization: Bearer`
  *   by the SDK majors that default to it: https://platform.claude.com/docs/en/api/migration-2026-10-21
+ * - Tool use: https://docs.claude.com/en/docs/agents-and-tools/tool-use/overview (tool definitions,
+ *   `tool_use` and `tool_result` blocks, stop_reason `tool_use`; `caller: {type:'direct'}` as the
+ *   official SDK's `ToolUseBlock` type requires). Streamed as `content_block_start` with
+ *   `{type:'tool_use', id, name, input:{}, caller}`, an empty `input_json_delta` first (as in the
+ *   recorded fixture in npm @ai-sdk/anthropic 3.0.21, src/__fixtures__/anthropic-json-tool.1.chunks.txt),
+ *   then the input's JSON in `partial_json` chunks: https://docs.claude.com/en/api/messages-streaming
+ *
+ * Scripted replies, all deterministic (one output token per word of text and per input JSON chunk):
+ * - The last message is a user message with `tool_result` blocks: text, for each result,
+ *   `Result of <tool_use_id>: <its text>` (whitespace collapsed), plus ` (error)` when `is_error`.
+ * - Else, the request has `tools` and the last message is a user message whose text has
+ *   `use <name>` naming a custom tool in `tools` (the first such mention; other names are skipped,
+ *   so a tool the model was not given is never called): text `Calling <name>.`, then a `tool_use`
+ *   block for it, stop_reason `tool_use`. Its input is the JSON object right after the name
+ *   (`use echo {"text":"hi"}`), or `{}` if none follows or it is not a valid object. If the whole
+ *   reply does not fit in max_tokens, only the text is sent, cut, with stop_reason `max_tokens`:
+ *   the stand-in never sends a partial tool call.
+ * - Else: "Echo: " + the last user message's text, cut at max_tokens words.
+ * Input tokens are ceil(prompt characters / 4) + 3, the prompt being the system and message text,
+ * tool calls and results, and the tool definitions' JSON; count_tokens answers the same number.
+ *
+ * Validation follows the API's own messages: `tools[]` entries need a `name` matching
+ * `^[a-zA-Z0-9_-]{1,64}$` (the pattern Anthropic documents and answers with; 128 is MCP's limit,
+ * not Anthropic's), unique, and an `input_schema` of `type: 'object'`; typed tools (`type` other
+ * than 'custom', e.g. server tools) are accepted unchecked and never called. Every `tool_result` must answer a
+ * `tool_use` of the message right before it, and every `tool_use` followed by a message must be
+ * answered there, else 400 invalid_request_error.
  *
  * Deliberately node:http rather than Hono: each SSE event is its own `write()`, awaited until it
  * is flushed to the socket, with a short pause between events, so chunking is real on the wire,
@@ -122,6 +149,8 @@ const MODELS = [
 
 const ORGANIZATION_ID = '00000000-0000-4000-8000-00000000b01a';
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+/** Custom tool names (Messages API reference, `tools[].name`; the API's 400 quotes this pattern). */
+const TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 
 /** Anthropic-style identifier: prefix + 24 base62 characters (e.g. req_011CSHa1FurUZv2Lu8mxQdXf). */
 function anthropicId(prefix: string): string {
@@ -168,6 +197,8 @@ interface MessagesRequest {
   maxTokens: number;
   messages: Array<{ role: string; content: unknown }>;
   system: unknown;
+  /** The `tools` definitions as sent (validated); empty when absent. */
+  tools: Array<Record<string, unknown>>;
   stream: boolean;
 }
 
@@ -193,7 +224,7 @@ function parseMessagesRequest(body: unknown, { needMaxTokens, version }: { needM
     if (typeof body.max_tokens !== 'number' || !Number.isInteger(body.max_tokens)) return invalid('max_tokens: Input should be a valid integer');
     if (body.max_tokens < 1) return invalid('max_tokens: Input should be greater than or equal to 1');
   }
-  const messagesError = validateMessages(body.messages);
+  const messagesError = validateMessages(body.messages) ?? validateTools(body.tools) ?? validateToolPairs(body.messages as MessagesRequest['messages']);
   if (messagesError) return messagesError;
   if (body.stream !== undefined && typeof body.stream !== 'boolean') return invalid('stream: Input should be a valid boolean');
   const versionError = versionRuleError(body, version);
@@ -203,8 +234,74 @@ function parseMessagesRequest(body: unknown, { needMaxTokens, version }: { needM
     maxTokens: typeof body.max_tokens === 'number' ? body.max_tokens : 0,
     messages: body.messages as MessagesRequest['messages'],
     system: body.system,
+    tools: (body.tools ?? []) as MessagesRequest['tools'],
     stream: body.stream === true,
   };
+}
+
+/** Custom tools carry no `type` (or 'custom'); typed ones are Anthropic-defined (server tools and the like). */
+function isCustomTool(tool: Record<string, unknown>): boolean {
+  return tool.type === undefined || tool.type === 'custom';
+}
+
+/** The custom tool definition rules, in the API's words (`tools.N.custom.<field>: …`). */
+function validateTools(tools: unknown): ApiError | undefined {
+  if (tools === undefined) return undefined;
+  if (!Array.isArray(tools)) return invalid('tools: Input should be a valid list');
+  const names = new Set<string>();
+  for (const [i, tool] of tools.entries()) {
+    if (!isObject(tool)) return invalid(`tools.${i}: Input should be a valid dictionary`);
+    if (!isCustomTool(tool)) continue;
+    const at = `tools.${i}.custom`;
+    if (tool.name === undefined) return invalid(`${at}.name: Field required`);
+    if (typeof tool.name !== 'string') return invalid(`${at}.name: Input should be a valid string`);
+    if (!TOOL_NAME.test(tool.name)) return invalid(`${at}.name: String should match pattern '${TOOL_NAME.source}'`);
+    if (tool.input_schema === undefined) return invalid(`${at}.input_schema: Field required`);
+    if (!isObject(tool.input_schema)) return invalid(`${at}.input_schema: Input should be a valid dictionary`);
+    if (tool.input_schema.type === undefined) return invalid(`${at}.input_schema.type: Field required`);
+    if (tool.input_schema.type !== 'object') return invalid(`${at}.input_schema.type: Input should be 'object'`);
+    if (names.has(tool.name)) return invalid('tools: Tool names must be unique.');
+    names.add(tool.name);
+  }
+  return undefined;
+}
+
+function blocksOf(content: unknown, type: string): Array<Record<string, unknown>> {
+  return Array.isArray(content) ? content.filter((block): block is Record<string, unknown> => isObject(block) && block.type === type) : [];
+}
+
+/**
+ * Tool calls and results must pair up across adjacent messages: each `tool_result` answers a
+ * `tool_use` of the message right before it, and a `tool_use` followed by a message is answered
+ * there. A trailing assistant `tool_use` (nothing after it yet) is left alone.
+ */
+function validateToolPairs(messages: MessagesRequest['messages']): ApiError | undefined {
+  for (const [i, message] of messages.entries()) {
+    if (!Array.isArray(message.content)) continue;
+    const previous = messages[i - 1];
+    const offered = new Set(previous?.role === 'assistant' ? blocksOf(previous.content, 'tool_use').map((block) => block.id) : []);
+    for (const [j, block] of message.content.entries()) {
+      if (!isObject(block) || block.type !== 'tool_result') continue;
+      if (typeof block.tool_use_id !== 'string') return invalid(`messages.${i}.content.${j}.tool_result.tool_use_id: Field required`);
+      if (message.role !== 'user' || !offered.has(block.tool_use_id)) {
+        return invalid(
+          `messages.${i}.content.${j}: unexpected \`tool_use_id\` found in \`tool_result\` blocks: ${block.tool_use_id}. ` +
+            'Each `tool_result` block must have a corresponding `tool_use` block in the previous message.',
+        );
+      }
+    }
+    const next = messages[i + 1];
+    if (message.role !== 'assistant' || next === undefined) continue;
+    const answered = new Set(blocksOf(next.content, 'tool_result').map((block) => block.tool_use_id));
+    const unanswered = blocksOf(message.content, 'tool_use').map((block) => String(block.id)).filter((id) => !answered.has(id));
+    if (unanswered.length > 0) {
+      return invalid(
+        `messages.${i}: \`tool_use\` ids were found without \`tool_result\` blocks immediately after: ${unanswered.join(', ')}. ` +
+          'Each `tool_use` block must have a corresponding `tool_result` block in the next message.',
+      );
+    }
+  }
+  return undefined;
 }
 
 /**
@@ -239,10 +336,19 @@ function hasUserCitations(block: Record<string, unknown>): boolean {
   return false;
 }
 
-/** The stand-in's deterministic token count: ceil(characters of system and message text / 4) + 3. */
-function countInputTokens(request: Pick<MessagesRequest, 'messages' | 'system'>): number {
+/** Characters a message's content adds to the prompt: its text, its tool calls (name and input JSON) and its tool results' text. */
+function promptChars(content: unknown): number {
+  let chars = textOf(content).length;
+  for (const call of blocksOf(content, 'tool_use')) chars += String(call.name).length + JSON.stringify(call.input ?? {}).length;
+  for (const result of blocksOf(content, 'tool_result')) chars += textOf(result.content).length;
+  return chars;
+}
+
+/** The stand-in's deterministic token count: ceil(characters of the prompt / 4) + 3 (see the module comment). */
+function countInputTokens(request: Pick<MessagesRequest, 'messages' | 'system' | 'tools'>): number {
   let chars = textOf(request.system).length;
-  for (const message of request.messages) chars += textOf(message.content).length;
+  for (const message of request.messages) chars += promptChars(message.content);
+  if (request.tools.length > 0) chars += JSON.stringify(request.tools).length;
   return Math.ceil(chars / 4) + 3;
 }
 
@@ -250,17 +356,90 @@ function hasCacheControl(system: unknown): boolean {
   return Array.isArray(system) && system.some((block) => isObject(block) && isObject(block.cache_control));
 }
 
-interface Reply {
-  words: string[];
-  stopReason: 'end_turn' | 'max_tokens';
+interface ToolCall {
+  id: string;
+  name: string;
+  input: Record<string, unknown>;
+  /** The input's JSON as streamed in `input_json_delta` events, one output token each. */
+  jsonChunks: string[];
 }
 
-/** "Echo: " + the last user message's text, one word per output token, cut at max_tokens words. */
-function buildReply(request: MessagesRequest): Reply {
-  const lastUser = [...request.messages].reverse().find((message) => message.role === 'user');
-  const all = ['Echo:', ...textOf(lastUser?.content).split(/\s+/).filter((word) => word !== '')];
-  const words = all.slice(0, request.maxTokens);
+interface Reply {
+  /** The leading text block, one output token per word. */
+  words: string[];
+  /** A tool call after the text, when the tool-use rule fired and the call fits in max_tokens. */
+  toolCall?: ToolCall;
+  stopReason: 'end_turn' | 'max_tokens' | 'tool_use';
+}
+
+/** Code points of the input's JSON per `input_json_delta` chunk (never splitting a surrogate pair). */
+const JSON_CHUNK_CHARS = 8;
+
+function outputTokensOf(reply: Reply): number {
+  return reply.words.length + (reply.toolCall?.jsonChunks.length ?? 0);
+}
+
+function textReply(text: string, maxTokens: number): Reply {
+  const all = text.split(/\s+/).filter((word) => word !== '');
+  const words = all.slice(0, maxTokens);
   return { words, stopReason: words.length < all.length ? 'max_tokens' : 'end_turn' };
+}
+
+/** The JSON object starting at the first non-space character at or after `from`, if there is a valid one. */
+function jsonObjectAt(text: string, from: number): Record<string, unknown> | undefined {
+  const start = from + text.slice(from).search(/\S|$/);
+  if (text[start] !== '{') return undefined;
+  // The shortest prefix that parses is the object itself; any later `}` belongs to the prose.
+  for (let end = text.indexOf('}', start); end !== -1; end = text.indexOf('}', end + 1)) {
+    try {
+      const value: unknown = JSON.parse(text.slice(start, end + 1));
+      return isObject(value) ? value : undefined;
+    } catch {
+      // not complete yet
+    }
+  }
+  return undefined;
+}
+
+/** The first `use <name>` in `text` that names a callable tool, with its input. */
+function requestedToolCall(text: string, toolNames: ReadonlySet<string>): { name: string; input: Record<string, unknown> } | undefined {
+  for (const match of text.matchAll(/\buse\s+([a-zA-Z0-9_-]+)/g)) {
+    const name = match[1]!;
+    if (toolNames.has(name)) return { name, input: jsonObjectAt(text, match.index + match[0].length) ?? {} };
+  }
+  return undefined;
+}
+
+/** The scripted reply (see the module comment): tool results, else a tool call, else the echo. */
+function buildReply(request: MessagesRequest): Reply {
+  const last = request.messages.at(-1)!;
+  const results = last.role === 'user' ? blocksOf(last.content, 'tool_result') : [];
+  if (results.length > 0) {
+    const lines = results.map((result) => `Result of ${String(result.tool_use_id)}: ${textOf(result.content)}${result.is_error === true ? ' (error)' : ''}`);
+    return textReply(lines.join(' '), request.maxTokens);
+  }
+
+  const toolNames = new Set(request.tools.filter(isCustomTool).map((tool) => tool.name as string));
+  const requested = last.role === 'user' && toolNames.size > 0 ? requestedToolCall(textOf(last.content), toolNames) : undefined;
+  if (requested) {
+    const text = textReply(`Calling ${requested.name}.`, request.maxTokens);
+    const codePoints = Array.from(JSON.stringify(requested.input));
+    const jsonChunks: string[] = [];
+    for (let i = 0; i < codePoints.length; i += JSON_CHUNK_CHARS) jsonChunks.push(codePoints.slice(i, i + JSON_CHUNK_CHARS).join(''));
+    if (text.words.length + jsonChunks.length > request.maxTokens) return { ...text, stopReason: 'max_tokens' };
+    return { words: text.words, toolCall: { id: anthropicId('toolu'), ...requested, jsonChunks }, stopReason: 'tool_use' };
+  }
+
+  const lastUser = [...request.messages].reverse().find((message) => message.role === 'user');
+  return textReply(`Echo: ${textOf(lastUser?.content)}`, request.maxTokens);
+}
+
+/** The Message `content` of a reply. */
+function contentOf(reply: Reply): Array<Record<string, unknown>> {
+  const content: Array<Record<string, unknown>> = [{ type: 'text', text: reply.words.join(' ') }];
+  const call = reply.toolCall;
+  if (call) content.push({ type: 'tool_use', id: call.id, name: call.name, input: call.input, caller: { type: 'direct' } });
+  return content;
 }
 
 function sseEvent(type: string, data: unknown): string {
@@ -289,8 +468,17 @@ function streamEvents(id: string, model: string, reply: Reply, usage: Usage): st
   reply.words.forEach((word, i) => {
     events.push(sseEvent('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: i === 0 ? word : ` ${word}` } }));
   });
+  events.push(sseEvent('content_block_stop', { type: 'content_block_stop', index: 0 }));
+  const call = reply.toolCall;
+  if (call) {
+    const toolUse = { type: 'tool_use', id: call.id, name: call.name, input: {}, caller: { type: 'direct' } };
+    events.push(sseEvent('content_block_start', { type: 'content_block_start', index: 1, content_block: toolUse }));
+    for (const partial of ['', ...call.jsonChunks]) {
+      events.push(sseEvent('content_block_delta', { type: 'content_block_delta', index: 1, delta: { type: 'input_json_delta', partial_json: partial } }));
+    }
+    events.push(sseEvent('content_block_stop', { type: 'content_block_stop', index: 1 }));
+  }
   events.push(
-    sseEvent('content_block_stop', { type: 'content_block_stop', index: 0 }),
     sseEvent('message_delta', { type: 'message_delta', delta: { stop_reason: reply.stopReason, stop_sequence: null }, usage: { output_tokens: usage.output_tokens } }),
     sseEvent('message_stop', { type: 'message_stop' }),
   );
@@ -511,7 +699,7 @@ export async function startAnthropicStandIn(options: StandInOptions = {}): Promi
     }
 
     const reply = buildReply(request);
-    const usage = usageFor(request, reply.words.length);
+    const usage = usageFor(request, outputTokensOf(reply));
     const id = anthropicId('msg');
     if (!request.stream) {
       return sendJson(res, 200, {
@@ -519,7 +707,7 @@ export async function startAnthropicStandIn(options: StandInOptions = {}): Promi
         type: 'message',
         role: 'assistant',
         model: request.model,
-        content: [{ type: 'text', text: reply.words.join(' ') }],
+        content: contentOf(reply),
         stop_reason: reply.stopReason,
         stop_sequence: null,
         usage,

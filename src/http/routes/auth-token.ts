@@ -23,7 +23,7 @@ export interface AuthTokenRoutesOptions {
   audit: (event: AuditEventInput) => void;
 }
 
-const TokenRequestSchema = z.strictObject({
+export const TokenRequestSchema = z.strictObject({
   scopes: z.array(z.string().regex(SCOPE_PATTERN, 'is not a valid scope')).min(1).max(64).optional(),
   ttlSeconds: z.number().int().positive().optional(),
 });

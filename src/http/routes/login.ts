@@ -33,7 +33,7 @@ export const SESSION_COOKIE = 'bulwark_session';
 /** Readable by the dashboard's scripts, which send it back in `X-XSRF-TOKEN`. */
 export const XSRF_COOKIE = 'XSRF-TOKEN';
 
-export type AuthMethod = 'session' | 'bearer';
+export type AuthMethod = 'session' | 'bearer' | 'ticket';
 
 /** What `sessionAuth` leaves for later steps besides the principal. */
 export interface SessionContext {

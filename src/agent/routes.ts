@@ -1,0 +1,211 @@
+/**
+ * The agent API on the public listener (issue #7):
+ *
+ *   POST   /api/message        write  run the agent on a message; JSON, or SSE with `stream: true`
+ *   GET    /api/llm/current    read   provider, model and agent settings (no secrets)
+ *   POST   /api/llm/switch     admin  change the model within the configured list; audited
+ *   GET    /api/sessions       read   the caller's tenant's conversations
+ *   GET    /api/sessions/:id   read   one conversation's history
+ *   DELETE /api/sessions/:id   write  delete one
+ *   GET    /api/events         read   SSE: the tenant's agent events, heartbeats, Last-Event-ID
+ *   POST   /api/events/ticket  read   a single-use ticket for `GET /api/events?ticket=` (browsers)
+ *
+ * Sessions belong to a tenant; another tenant's id is answered like an unknown one (404).
+ */
+import { Hono } from 'hono';
+import type { Context } from 'hono';
+import { z } from 'zod';
+import type { AuditEventInput } from '../audit/log.js';
+import { requireScope } from '../auth/middleware.js';
+import { requestFacts } from '../http/client-info.js';
+import type { BulwarkEnv } from '../http/context.js';
+import { ApiError, type ErrorCode } from '../http/errors.js';
+import { readJson } from '../http/validate.js';
+import { type AgentEvent, AgentModelError, type AgentOptions, type AgentResult, runAgent } from './agent.js';
+import { type EventFeed, type FeedEvent, visibleTo } from './events.js';
+import { AgentSessionStore, isAgentSessionId } from './sessions.js';
+import type { TicketStore } from './tickets.js';
+
+/** Event streams one key may hold open at once. */
+const MAX_STREAMS_PER_KEY = 10;
+
+export const MessageBody = z.strictObject({
+  message: z.string().min(1).max(100_000),
+  sessionId: z.string().regex(/^[A-Za-z0-9_-]{22}$/, 'is not a session id').optional(),
+  stream: z.boolean().optional(),
+});
+export const SwitchBody = z.strictObject({ model: z.string().min(1).max(200) });
+
+export interface AgentRoutesOptions extends Omit<AgentOptions, 'audit'> {
+  sessions: AgentSessionStore;
+  feed: EventFeed;
+  tickets: TicketStore;
+  /** Heartbeat comment interval on /api/events. */
+  heartbeatMs?: number;
+  /** The configured model and the others `/api/llm/switch` may choose. */
+  model: string;
+  models: readonly string[];
+  audit(event: AuditEventInput): void;
+}
+
+/** How a failed model call is answered: the status and meaning Bulwark's /v1 route gave it. */
+function modelFailure(error: AgentModelError): ApiError {
+  const { status, message, headers } = error.answer;
+  const code: ErrorCode =
+    status === 429 ? 'rate_limited' : status === 403 ? 'forbidden' : status === 400 ? 'bad_request' : status === 413 ? 'payload_too_large' : status === 503 ? 'service_unavailable' : status === 504 ? 'upstream_timeout' : 'upstream_error';
+  const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => /^(retry-after|ratelimit-|anthropic-ratelimit-)/i.test(name)));
+  return new ApiError(code, `The model call failed: ${message}`, kept);
+}
+
+export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
+  const { sessions, audit, feed, tickets, heartbeatMs = 15_000 } = options;
+  const streamsPerKey = new Map<string, number>();
+  const allowedModels = [...new Set([options.model, ...options.models])];
+  let model = options.model;
+
+  const read = requireScope('read', { audit });
+  const write = requireScope('write', { audit });
+  const admin = requireScope('admin', { audit });
+
+  const sessionParam = (c: Context<BulwarkEnv>) => {
+    const id = c.req.param('id') ?? '';
+    if (!isAgentSessionId(id)) throw new ApiError('not_found', 'No such session.');
+    return id;
+  };
+
+  return new Hono<BulwarkEnv>()
+    .post('/api/message', write, async (c) => {
+      const body = await readJson(c, MessageBody);
+      const principal = c.get('principal');
+      const sessionId = body.sessionId ?? AgentSessionStore.newId();
+      const history = body.sessionId ? await sessions.history(principal.tenant, body.sessionId) : [];
+      if (!history) throw new ApiError('not_found', 'No such session.');
+      const abort = new AbortController();
+      c.req.raw.signal.addEventListener('abort', () => abort.abort(), { once: true });
+      const run = (emit?: (event: AgentEvent) => void) =>
+        runAgent(
+          { ...options, audit },
+          {
+            principal,
+            sessionId,
+            model,
+            message: body.message,
+            history,
+            signal: abort.signal,
+            emit: (event) => {
+              const { type, ...data } = event;
+              feed.publish(principal.tenant, type, { sessionId, ...data });
+              emit?.(event);
+            },
+          },
+        ).then(async (result: AgentResult) => {
+          await sessions.save(principal.tenant, principal.keyId, sessionId, result.history);
+          return result;
+        });
+      if (!body.stream) {
+        const result = await run().catch((err: unknown) => {
+          throw err instanceof AgentModelError ? modelFailure(err) : err;
+        });
+        return c.json({ sessionId, reply: result.reply, toolCalls: result.toolCalls, usage: result.usage, model: result.model, steps: result.steps, stopped: result.stopped });
+      }
+      const encoder = new TextEncoder();
+      const stream = new ReadableStream<Uint8Array>({
+        start(controller) {
+          const send = (event: string, data: unknown) => controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
+          run((event) => {
+            const { type, ...data } = event;
+            send(type, data);
+          })
+            .then((result) => send('done', { sessionId, toolCalls: result.toolCalls, steps: result.steps }))
+            .catch((err: unknown) => {
+              const failure = err instanceof AgentModelError ? modelFailure(err) : new ApiError('internal_error', 'The agent failed.');
+              if (!(err instanceof AgentModelError)) options.logger.error({ err }, 'agent failed');
+              send('error', { error: { code: failure.code, message: failure.message, requestId: c.get('requestId') } });
+            })
+            .finally(() => controller.close());
+        },
+        cancel() {
+          abort.abort();
+        },
+      });
+      return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no' } });
+    })
+    .get('/api/llm/current', read, (c) =>
+      c.json({ provider: 'anthropic', model, models: allowedModels, maxSteps: options.maxSteps, maxTokens: options.maxTokens }),
+    )
+    .post('/api/llm/switch', admin, async (c) => {
+      const { model: wanted } = await readJson(c, SwitchBody);
+      if (!allowedModels.includes(wanted)) throw new ApiError('validation_failed', `model: '${wanted}' is not one of ${allowedModels.join(', ')}.`);
+      const previous = model;
+      model = wanted;
+      const principal = c.get('principal');
+      audit({ type: 'agent.model_switched', outcome: 'success', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { from: previous, to: wanted } });
+      feed.publish(undefined, 'model_switched', { from: previous, to: wanted });
+      return c.json({ provider: 'anthropic', model, previous });
+    })
+    .get('/api/sessions', read, async (c) => c.json({ sessions: await sessions.list(c.get('principal').tenant) }))
+    .get('/api/sessions/:id', read, async (c) => {
+      const id = sessionParam(c);
+      const history = await sessions.history(c.get('principal').tenant, id);
+      if (!history) throw new ApiError('not_found', 'No such session.');
+      return c.json({ id, history });
+    })
+    .delete('/api/sessions/:id', write, async (c) => {
+      const id = sessionParam(c);
+      if (!(await sessions.delete(c.get('principal').tenant, id))) throw new ApiError('not_found', 'No such session.');
+      const principal = c.get('principal');
+      audit({ type: 'agent.session_deleted', outcome: 'success', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { sessionId: id } });
+      feed.publish(principal.tenant, 'session_ended', { sessionId: id });
+      return c.json({ id, deleted: true });
+    })
+    .post('/api/events/ticket', read, async (c) => {
+      const { ticket, expiresAt } = await tickets.issue(c.get('principal'), c.req.header('origin'));
+      return c.json({ ticket, expiresAt: expiresAt.toISOString(), url: `/api/events?ticket=${ticket}` }, 201, { 'cache-control': 'no-store' });
+    })
+    .get('/api/events', read, (c) => {
+      const principal = c.get('principal');
+      const open = streamsPerKey.get(principal.keyId) ?? 0;
+      if (open >= MAX_STREAMS_PER_KEY) throw new ApiError('rate_limited', `This key already has ${MAX_STREAMS_PER_KEY} event streams open.`, { 'Retry-After': '5' });
+      streamsPerKey.set(principal.keyId, open + 1);
+      const encoder = new TextEncoder();
+      const lastEventId = c.req.header('last-event-id');
+      let unsubscribe = () => {};
+      let heartbeat: NodeJS.Timeout | undefined;
+      let closed = false;
+      const close = () => {
+        if (closed) return;
+        closed = true;
+        unsubscribe();
+        clearInterval(heartbeat);
+        const left = (streamsPerKey.get(principal.keyId) ?? 1) - 1;
+        if (left > 0) streamsPerKey.set(principal.keyId, left);
+        else streamsPerKey.delete(principal.keyId);
+      };
+      const stream = new ReadableStream<Uint8Array>({
+        start(controller) {
+          const send = (event: FeedEvent) => {
+            try {
+              controller.enqueue(encoder.encode(`id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(event.data)}\n\n`));
+            } catch {
+              close();
+            }
+          };
+          controller.enqueue(encoder.encode(`: bulwark events\nretry: 3000\n\n`));
+          if (lastEventId) for (const event of feed.since(lastEventId, principal.tenant)) send(event);
+          unsubscribe = feed.subscribe((event) => {
+            if (visibleTo(event, principal.tenant)) send(event);
+          });
+          heartbeat = setInterval(() => {
+            try {
+              controller.enqueue(encoder.encode(': heartbeat\n\n'));
+            } catch {
+              close();
+            }
+          }, heartbeatMs);
+          heartbeat.unref();
+        },
+        cancel: close,
+      });
+      return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no' } });
+    });
+}

@@ -1,0 +1,278 @@
+/**
+ * Bulwark's agent (`/api/message` and friends) against the Anthropic stand-in scripting a
+ * tool-use turn: the tools offered follow the caller's scopes, the loop runs the tool and
+ * returns the model's final answer, usage lands in `requests` under the caller's tenant as for
+ * `/v1/messages`, sessions are tenant-bound and stored encrypted, and the model switch is
+ * admin-only and audited.
+ */
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createParser } from 'eventsource-parser';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentSessionStore } from '../src/agent/sessions.js';
+import type { McpSource } from '../src/mcp/registry.js';
+import { rotateEncryption } from '../src/proxy/retention.js';
+import { KeyRing } from '../src/store/crypto.js';
+import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
+import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
+
+const CANARY = 'agent-history-canary-3d8e';
+const APP_ORIGIN = 'https://app.example';
+
+interface SseEvent {
+  id: string | undefined;
+  event: string | undefined;
+  data: string;
+}
+
+/** Reads SSE events until `enough` says so (the stream stays open otherwise). */
+async function readUntil(response: Response, enough: (events: SseEvent[]) => boolean, timeoutMs = 5_000): Promise<SseEvent[]> {
+  const events: SseEvent[] = [];
+  const parser = createParser({ onEvent: (e) => events.push({ id: e.id, event: e.event, data: e.data }) });
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  const deadline = setTimeout(() => void reader.cancel(), timeoutMs);
+  try {
+    while (!enough(events)) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parser.feed(decoder.decode(value, { stream: true }));
+    }
+  } finally {
+    clearTimeout(deadline);
+    await reader.cancel().catch(() => {});
+  }
+  return events;
+}
+
+/** An echo tool for `write` keys and a deploy tool needing its own scope. */
+const tools: McpSource = {
+  name: 'test',
+  tools: () => [
+    {
+      scope: 'write',
+      source: 'test',
+      definition: { name: 'echo', description: 'Echoes text', inputSchema: { type: 'object', properties: { text: { type: 'string' } } } },
+      call: async (args) => ({ content: [{ type: 'text', text: `echo: ${String(args.text)}` }] }),
+    },
+    {
+      scope: 'tool:deploy',
+      source: 'test',
+      definition: { name: 'deploy', description: 'Deploys', inputSchema: { type: 'object' } },
+      call: async () => ({ content: [{ type: 'text', text: 'deployed!' }] }),
+    },
+  ],
+  resources: () => [],
+  resourceTemplates: () => [],
+  prompts: () => [],
+};
+
+describe('agent API', () => {
+  let upstream: StandIn;
+  let b: TestBulwark;
+  let writer: { key: string; id: string };
+  let deployer: string;
+  let reader: string;
+  let admin: string;
+
+  beforeAll(async () => {
+    upstream = await startAnthropicStandIn();
+    b = await startTestBulwark(
+      'postgres',
+      { BULWARK_UPSTREAM_URL: upstream.url, BULWARK_RATE_LIMIT_WRITE: '1000', BULWARK_CORS_ORIGINS: APP_ORIGIN },
+      { listen: true, file: { agent: { model: 'claude-sonnet-4-5', models: ['claude-haiku-4-5-20251001'], maxSteps: 4 } } },
+    );
+    b.runtime.mcpRegistry.add(tools);
+    const upstreamKey = `sk-ant-api03-${randomBytes(24).toString('hex')}`;
+    upstream.apiKeys.add(upstreamKey);
+    const dir = b.runtime.config.credentialsDir;
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chmodSync(dir, 0o700);
+    writeFileSync(path.join(dir, 'default.json'), JSON.stringify({ type: 'api_key', api_key: upstreamKey }), { mode: 0o600 });
+    b.runtime.fileCredentials.scan();
+    writer = await b.createKey(['write']);
+    deployer = (await b.createKey(['write', 'tool:deploy'])).key;
+    reader = (await b.createKey(['read'])).key;
+    admin = (await b.createKey(['admin'])).key;
+  });
+
+  afterAll(async () => {
+    await b?.close();
+    await upstream?.close();
+  });
+
+  const api = (key: string, route: string, init: { method?: string; body?: unknown } = {}) =>
+    fetch(new URL(route, b.publicUrl), {
+      method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
+      headers: { authorization: `Bearer ${key}`, ...(init.body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(init.body === undefined ? {} : { body: JSON.stringify(init.body) }),
+    });
+
+  const lastToolsOffered = () => {
+    const calls = upstream.requests.filter((r) => r.path === '/v1/messages');
+    return ((calls.at(-1)?.body as { tools?: Array<{ name: string }> }).tools ?? []).map((t) => t.name).sort();
+  };
+
+  it('runs a permitted tool and returns the final answer, with usage in requests under the tenant', async () => {
+    const response = await api(writer.key, '/api/message', { body: { message: `Please use echo {"text":"${CANARY}"}` } });
+    expect(response.status).toBe(200);
+    const result = (await response.json()) as { sessionId: string; reply: string; toolCalls: Array<{ name: string; isError: boolean }>; usage: { inputTokens: number; outputTokens: number }; steps: number };
+    expect(result.toolCalls).toEqual([{ name: 'echo', input: { text: CANARY }, isError: false }]);
+    expect(result.reply).toContain(`echo: ${CANARY}`);
+    expect(result.steps).toBe(2);
+    expect(result.usage.inputTokens).toBeGreaterThan(0);
+    expect(lastToolsOffered()).toEqual(['echo', 'usage_summary']);
+    await b.runtime.flush();
+    const rows = await b.runtime.database.db.selectFrom('requests').selectAll().where('key_id', '=', writer.id).execute();
+    expect(rows).toHaveLength(2);
+    expect(rows.every((r) => r.tenant_id === 'default' && r.path === '/v1/messages' && r.status === 200)).toBe(true);
+    expect(rows.reduce((sum, r) => sum + Number(r.input_tokens), 0)).toBe(result.usage.inputTokens);
+    // The upstream got Bulwark's credential, never the caller's key.
+    expect(JSON.stringify(upstream.requests.at(-1)?.headers)).not.toContain(writer.key);
+  });
+
+  it('never shows the model a tool outside the caller\u2019s scopes', async () => {
+    const withoutScope = (await (await api(writer.key, '/api/message', { body: { message: 'use deploy now' } })).json()) as { toolCalls: unknown[]; reply: string };
+    expect(withoutScope.toolCalls).toEqual([]);
+    expect(lastToolsOffered()).not.toContain('deploy');
+    const withScope = (await (await api(deployer, '/api/message', { body: { message: 'use deploy now' } })).json()) as { toolCalls: Array<{ name: string }>; reply: string };
+    expect(withScope.toolCalls.map((t) => t.name)).toEqual(['deploy']);
+    expect(withScope.reply).toContain('deployed!');
+  });
+
+  it('keeps a conversation per tenant, encrypted, and hides it from other tenants', async () => {
+    const first = (await (await api(writer.key, '/api/message', { body: { message: `remember ${CANARY}` } })).json()) as { sessionId: string };
+    const second = await api(writer.key, '/api/message', { body: { message: 'and again', sessionId: first.sessionId } });
+    expect(second.status).toBe(200);
+    const history = (await (await api(writer.key, `/api/sessions/${first.sessionId}`)).json()) as { history: Array<{ role: string }> };
+    expect(history.history.map((t) => t.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
+    const listed = (await (await api(reader, '/api/sessions')).json()) as { sessions: Array<{ id: string; turns: number }> };
+    expect(listed.sessions.find((s) => s.id === first.sessionId)?.turns).toBe(4);
+    const stored = await b.runtime.database.db.selectFrom('agent_sessions').select('history').where('id', '=', first.sessionId).executeTakeFirstOrThrow();
+    expect(stored.history).toMatch(/^v1\./);
+    expect(stored.history).not.toContain(CANARY);
+
+    await b.runtime.keyService.createTenant(OPERATOR, 'other');
+    const outsider = (await b.createKey(['write'], { tenant: 'other' })).key;
+    expect((await api(outsider, `/api/sessions/${first.sessionId}`)).status).toBe(404);
+    expect((await api(outsider, '/api/message', { body: { message: 'hi', sessionId: first.sessionId } })).status).toBe(404);
+    expect((await api(outsider, `/api/sessions/${first.sessionId}`, { method: 'DELETE' })).status).toBe(404);
+    expect(((await (await api(outsider, '/api/sessions')).json()) as { sessions: unknown[] }).sessions).toEqual([]);
+
+    expect((await api(reader, `/api/sessions/${first.sessionId}`, { method: 'DELETE' })).status).toBe(403);
+    expect((await api(writer.key, `/api/sessions/${first.sessionId}`, { method: 'DELETE' })).status).toBe(200);
+    expect((await api(writer.key, `/api/sessions/${first.sessionId}`)).status).toBe(404);
+  });
+
+  it('streams the message as SSE when asked', async () => {
+    const response = await api(writer.key, '/api/message', { body: { message: `use echo {"text":"streamed"}`, stream: true } });
+    expect(response.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const events: Array<{ event: string | undefined; data: Record<string, unknown> }> = [];
+    const parser = createParser({ onEvent: (e) => events.push({ event: e.event, data: JSON.parse(e.data) as Record<string, unknown> }) });
+    parser.feed(await response.text());
+    expect(events.map((e) => e.event)).toEqual(['message_started', 'chunk', 'tool_called', 'chunk', 'message_finished', 'done']);
+    expect(events.find((e) => e.event === 'tool_called')?.data).toEqual({ name: 'echo', isError: false });
+    expect(String(events.find((e) => e.event === 'message_finished')?.data.reply)).toContain('echo: streamed');
+  });
+
+  it('reports the model and lets only an admin switch it, within the list, audited', async () => {
+    const current = (await (await api(reader, '/api/llm/current')).json()) as Record<string, unknown>;
+    expect(current).toMatchObject({ provider: 'anthropic', model: 'claude-sonnet-4-5', models: ['claude-sonnet-4-5', 'claude-haiku-4-5-20251001'] });
+    expect(JSON.stringify(current)).not.toMatch(/sk-ant|bwk_/);
+    expect((await api(reader, '/api/llm/switch', { body: { model: 'claude-haiku-4-5-20251001' } })).status).toBe(403);
+    expect((await api(admin, '/api/llm/switch', { body: { model: 'gpt-9' } })).status).toBe(400);
+    const switched = await api(admin, '/api/llm/switch', { body: { model: 'claude-haiku-4-5-20251001' } });
+    expect(await switched.json()).toMatchObject({ model: 'claude-haiku-4-5-20251001', previous: 'claude-sonnet-4-5' });
+    await api(writer.key, '/api/message', { body: { message: 'which model?' } });
+    expect((upstream.requests.filter((r) => r.path === '/v1/messages').at(-1)?.body as { model: string }).model).toBe('claude-haiku-4-5-20251001');
+    await b.runtime.flush();
+    const [event] = await b.runtime.auditReader.tail({ type: 'agent.model_switched' });
+    expect(event).toMatchObject({ outcome: 'success', details: { from: 'claude-sonnet-4-5', to: 'claude-haiku-4-5-20251001' } });
+    await api(admin, '/api/llm/switch', { body: { model: 'claude-sonnet-4-5' } });
+  });
+
+  it('answers a limit hit by a model call as the limit it is', async () => {
+    const limited = await b.runtime.keyService.createKey(OPERATOR, { name: 'limited', scopes: ['write'], limits: { requestsPerMinute: 1 } });
+    if (!limited.ok) throw new Error(limited.message);
+    const response = await api(limited.value.key, '/api/message', { body: { message: 'use echo {"text":"x"}' } });
+    expect(response.status).toBe(429);
+    expect(response.headers.get('retry-after')).toBeTruthy();
+  });
+
+  describe('events', () => {
+    const ticketFor = async (key: string, origin?: string) => {
+      const response = await fetch(new URL('/api/events/ticket', b.publicUrl), { method: 'POST', headers: { authorization: `Bearer ${key}`, ...(origin ? { origin } : {}) } });
+      expect(response.status).toBe(201);
+      return ((await response.json()) as { ticket: string }).ticket;
+    };
+    const openWithTicket = (ticket: string, origin?: string) =>
+      fetch(new URL(`/api/events?ticket=${ticket}`, b.publicUrl), { headers: { accept: 'text/event-stream', ...(origin ? { origin } : {}) } });
+
+    it("streams the tenant's agent events to a browser through a single-use ticket bound to its Origin", async () => {
+      const ticket = await ticketFor(reader, APP_ORIGIN);
+      const stream = await openWithTicket(ticket, APP_ORIGIN);
+      expect(stream.status).toBe(200);
+      expect(stream.headers.get('content-type')).toMatch(/^text\/event-stream/);
+      const reading = readUntil(stream, (events) => events.some((e) => e.event === 'message_finished'));
+      const sent = (await (await api(writer.key, '/api/message', { body: { message: 'use echo {"text":"via feed"}' } })).json()) as { sessionId: string };
+      const events = await reading;
+      expect(events.map((e) => e.event)).toEqual(['message_started', 'chunk', 'tool_called', 'chunk', 'message_finished']);
+      expect(events.every((e) => (JSON.parse(e.data) as { sessionId: string }).sessionId === sent.sessionId)).toBe(true);
+      expect(events.every((e) => e.id !== undefined)).toBe(true);
+
+      // Used once; a second use, another Origin, or an expired ticket gets 401, audited.
+      expect((await openWithTicket(ticket, APP_ORIGIN)).status).toBe(401);
+      expect((await openWithTicket(await ticketFor(reader, APP_ORIGIN), 'https://evil.example')).status).toBe(401);
+      expect((await openWithTicket(await ticketFor(reader, APP_ORIGIN))).status).toBe(401);
+      const stale = await ticketFor(reader, APP_ORIGIN);
+      await b.runtime.database.db.updateTable('event_tickets').set({ expires_at: new Date(Date.now() - 1000) }).execute();
+      expect((await openWithTicket(stale, APP_ORIGIN)).status).toBe(401);
+      await b.runtime.flush();
+      const failures = (await b.runtime.auditReader.tail({ type: 'auth.failure', limit: 50 })).filter((e) => e.path === '/api/events');
+      expect(failures.map((e) => (e.details as { reason: string }).reason)).toEqual(expect.arrayContaining(['ticket_unknown_or_used', 'ticket_wrong_origin', 'ticket_expired']));
+      // A ticket works on /api/events only.
+      const elsewhere = await fetch(new URL(`/api/sessions?ticket=${await ticketFor(reader)}`, b.publicUrl));
+      expect(elsewhere.status).toBe(401);
+    });
+
+    it('never takes a key in the URL', async () => {
+      for (const name of ['api_key', 'key', 'token', 'access_token']) {
+        expect((await fetch(new URL(`/api/events?${name}=${reader}`, b.publicUrl))).status).toBe(401);
+      }
+    });
+
+    it("replays what a client missed after Last-Event-ID, and shows no other tenant's events", async () => {
+      const first = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${reader}` } });
+      const reading = readUntil(first, (events) => events.some((e) => e.event === 'message_finished'));
+      await api(writer.key, '/api/message', { body: { message: 'hello feed' } });
+      const seen = await reading;
+      const started = seen.find((e) => e.event === 'message_started') as SseEvent;
+      const resumed = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${reader}`, 'last-event-id': started.id as string } });
+      const replayed = await readUntil(resumed, (events) => events.some((e) => e.event === 'message_finished'));
+      expect(replayed.map((e) => e.id)).toEqual(seen.slice(seen.indexOf(started) + 1).map((e) => e.id));
+
+      const outsider = (await b.createKey(['read'], { tenant: 'other' })).key;
+      const theirs = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${outsider}`, 'last-event-id': started.id as string } });
+      const nothing = await readUntil(theirs, () => false, 300);
+      expect(nothing.filter((e) => e.event !== undefined && e.event !== 'model_switched')).toEqual([]);
+    });
+  });
+
+  it('refuses a message without write, and a body that is not a message', async () => {
+    expect((await api(reader, '/api/message', { body: { message: 'hi' } })).status).toBe(403);
+    expect((await api(writer.key, '/api/message', { body: { text: 'hi' } })).status).toBe(400);
+    expect((await api(writer.key, '/api/message', { body: { message: 'hi', sessionId: 'nope' } })).status).toBe(400);
+  });
+
+  // Last: afterwards the running server's ring no longer opens the conversations.
+  it('re-encrypts conversations with encryption rotate, after which the old key is not needed', async () => {
+    const { sessionId } = (await (await api(writer.key, '/api/message', { body: { message: 'rotate me' } })).json()) as { sessionId: string };
+    const oldKey = readFileSync(path.join(b.dataDir, 'development-encryption.key'), 'utf8').trim();
+    const newKey = randomBytes(32).toString('base64');
+    const result = await rotateEncryption(b.runtime.database.db, KeyRing.fromConfig([newKey, oldKey]));
+    expect(result.agentSessions).toBeGreaterThan(0);
+    const history = await new AgentSessionStore(b.runtime.database.db, KeyRing.fromConfig([newKey])).history('default', sessionId);
+    expect(history?.map((t) => t.role)).toEqual(['user', 'assistant']);
+  });
+});
