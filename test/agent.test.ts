@@ -10,7 +10,8 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createParser } from 'eventsource-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentSessionStore } from '../src/agent/sessions.js';
+import { MAX_HISTORY_TURNS } from '../src/agent/agent.js';
+import { AgentSessionStore, type Turn } from '../src/agent/sessions.js';
 import type { McpSource } from '../src/mcp/registry.js';
 import { rotateEncryption } from '../src/proxy/retention.js';
 import { KeyRing } from '../src/store/crypto.js';
@@ -174,6 +175,39 @@ describe('agent API', () => {
     expect(events.map((e) => e.event)).toEqual(['message_started', 'chunk', 'tool_called', 'chunk', 'message_finished', 'done']);
     expect(events.find((e) => e.event === 'tool_called')?.data).toEqual({ name: 'echo', isError: false });
     expect(String(events.find((e) => e.event === 'message_finished')?.data.reply)).toContain('echo: streamed');
+  });
+
+  it('keeps a long conversation to its newest turns, starting at a message of the user', async () => {
+    const id = AgentSessionStore.newId();
+    const long: Turn[] = [];
+    for (let i = 0; i < 60; i++) long.push({ role: 'user', content: `question ${i}` }, { role: 'assistant', content: [{ type: 'text', text: `answer ${i}` }] });
+    await b.runtime.agentSessions.save('default', writer.id, id, long);
+    const response = await api(writer.key, '/api/message', { body: { message: 'one more', sessionId: id } });
+    expect(response.status).toBe(200);
+    const sent = (upstream.requests.filter((r) => r.path === '/v1/messages').at(-1)?.body as { messages: Turn[] }).messages;
+    expect(sent.length).toBeLessThanOrEqual(MAX_HISTORY_TURNS);
+    expect(sent[0]).toMatchObject({ role: 'user', content: expect.stringMatching(/^question \d+$/) });
+    expect(sent.at(-1)).toEqual({ role: 'user', content: 'one more' });
+  });
+
+  it('survives a client leaving mid-message, and records the abandoned model call', async () => {
+    const leaver = await b.createKey(['write']);
+    upstream.fault = { kind: 'delay-headers', ms: 600 };
+    const abort = new AbortController();
+    const response = await fetch(new URL('/api/message', b.publicUrl), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${leaver.key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ message: 'take your time', stream: true }),
+      signal: abort.signal,
+    });
+    expect(response.status).toBe(200);
+    setTimeout(() => abort.abort(), 100);
+    await response.text().catch(() => {});
+    await new Promise((resolve) => setTimeout(resolve, 900));
+    expect((await api(reader, '/api/llm/current')).status).toBe(200);
+    await b.runtime.flush();
+    const rows = await b.runtime.database.db.selectFrom('requests').select(['status', 'error_type']).where('key_id', '=', leaver.id).execute();
+    expect(rows).toEqual([{ status: 499, error_type: 'client_disconnected' }]);
   });
 
   it('reports the model and lets only an admin switch it, within the list, audited', async () => {

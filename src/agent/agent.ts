@@ -20,6 +20,12 @@ import { type McpExtra, type McpRegistry, type ToolEntry, mayUse } from '../mcp/
 import { authInfoFor } from '../mcp/server.js';
 import type { Turn } from './sessions.js';
 
+/**
+ * Turns a conversation keeps. Older ones are dropped from the front, at a user's own message,
+ * so the history stays a valid conversation (no tool result without its call).
+ */
+export const MAX_HISTORY_TURNS = 100;
+
 /** Tool names the Messages API accepts; an MCP tool named otherwise is not offered. */
 const ANTHROPIC_TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 
@@ -98,7 +104,7 @@ export async function runAgent(options: AgentOptions, input: RunInput): Promise<
   const emit = input.emit ?? (() => {});
   const tools = new Map(registry.visibleTools(principal).filter((t) => ANTHROPIC_TOOL_NAME.test(t.definition.name)).map((t) => [t.definition.name, t]));
   const toolDefinitions = [...tools.values()].map((t) => ({ name: t.definition.name, description: t.definition.description ?? t.definition.name, input_schema: t.definition.inputSchema }));
-  const history: Turn[] = [...input.history, { role: 'user', content: input.message }];
+  const history: Turn[] = trimmed([...input.history, { role: 'user', content: input.message }]);
   const usage: AgentUsage = { inputTokens: 0, outputTokens: 0 };
   const toolCalls: ToolCallRecord[] = [];
   emit({ type: 'message_started', sessionId, model });
@@ -138,6 +144,13 @@ export async function runAgent(options: AgentOptions, input: RunInput): Promise<
   const reply = `Stopped after ${maxSteps} steps without a final answer.`;
   emit({ type: 'message_finished', reply, usage, stopped: true });
   return { reply, toolCalls, usage, model, steps: maxSteps, stopped: true, history };
+}
+
+function trimmed(history: Turn[]): Turn[] {
+  if (history.length <= MAX_HISTORY_TURNS) return history;
+  let start = history.length - MAX_HISTORY_TURNS;
+  while (start < history.length - 1 && !(history[start]?.role === 'user' && typeof history[start]?.content === 'string')) start++;
+  return history.slice(start);
 }
 
 /** Runs one tool the model asked for; every failure becomes an error result the model can read. */

@@ -109,9 +109,13 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
         return c.json({ sessionId, reply: result.reply, toolCalls: result.toolCalls, usage: result.usage, model: result.model, steps: result.steps, stopped: result.stopped });
       }
       const encoder = new TextEncoder();
+      let gone = false;
       const stream = new ReadableStream<Uint8Array>({
         start(controller) {
-          const send = (event: string, data: unknown) => controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
+          // The client may leave at any point; nothing is written, and nothing throws, after that.
+          const send = (event: string, data: unknown) => {
+            if (!gone) controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
+          };
           run((event) => {
             const { type, ...data } = event;
             send(type, data);
@@ -122,9 +126,12 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
               if (!(err instanceof AgentModelError)) options.logger.error({ err }, 'agent failed');
               send('error', { error: { code: failure.code, message: failure.message, requestId: c.get('requestId') } });
             })
-            .finally(() => controller.close());
+            .finally(() => {
+              if (!gone) controller.close();
+            });
         },
         cancel() {
+          gone = true;
           abort.abort();
         },
       });
