@@ -8,18 +8,22 @@
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { DefaultAgentCardResolver } from '@a2a-js/sdk/client';
 import { createParser } from 'eventsource-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_HISTORY_TURNS } from '../src/agent/agent.js';
 import { AgentSessionStore, type Turn } from '../src/agent/sessions.js';
 import type { McpSource } from '../src/mcp/registry.js';
-import { rotateEncryption } from '../src/proxy/retention.js';
+import { purge, rotateEncryption } from '../src/proxy/retention.js';
 import { KeyRing } from '../src/store/crypto.js';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
 import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
+import { type FixtureUpstream, startFixtureUpstream } from './fixtures/mcp-upstream.js';
 
 const CANARY = 'agent-history-canary-3d8e';
 const APP_ORIGIN = 'https://app.example';
+/** The bootstrap key: an operator, across tenants. */
+const OPERATOR_KEY = `bwk_test_${'o'.repeat(40)}`;
 
 interface SseEvent {
   id: string | undefined;
@@ -71,6 +75,7 @@ const tools: McpSource = {
 
 describe('agent API', () => {
   let upstream: StandIn;
+  let mcpUpstream: FixtureUpstream;
   let b: TestBulwark;
   let writer: { key: string; id: string };
   let deployer: string;
@@ -79,10 +84,17 @@ describe('agent API', () => {
 
   beforeAll(async () => {
     upstream = await startAnthropicStandIn();
+    mcpUpstream = await startFixtureUpstream();
     b = await startTestBulwark(
       'postgres',
-      { BULWARK_UPSTREAM_URL: upstream.url, BULWARK_RATE_LIMIT_WRITE: '1000', BULWARK_CORS_ORIGINS: APP_ORIGIN },
-      { listen: true, file: { agent: { model: 'claude-sonnet-4-5', models: ['claude-haiku-4-5-20251001'], maxSteps: 4 } } },
+      { BULWARK_UPSTREAM_URL: upstream.url, BULWARK_RATE_LIMIT_WRITE: '1000', BULWARK_CORS_ORIGINS: APP_ORIGIN, BULWARK_API_KEY: OPERATOR_KEY, BULWARK_LLM_BODY_LIMIT_BYTES: '65536' },
+      {
+        listen: true,
+        file: {
+          agent: { model: 'claude-sonnet-4-5', models: ['claude-haiku-4-5-20251001'], maxSteps: 4 },
+          mcp: { upstreams: [{ name: 'fixture', url: mcpUpstream.url }], rateLimits: { tools: { fixture__test_error_handling: 1 } } },
+        },
+      },
     );
     b.runtime.mcpRegistry.add(tools);
     const upstreamKey = `sk-ant-api03-${randomBytes(24).toString('hex')}`;
@@ -101,6 +113,7 @@ describe('agent API', () => {
   afterAll(async () => {
     await b?.close();
     await upstream?.close();
+    await mcpUpstream?.close();
   });
 
   const api = (key: string, route: string, init: { method?: string; body?: unknown } = {}) =>
@@ -123,7 +136,7 @@ describe('agent API', () => {
     expect(result.reply).toContain(`echo: ${CANARY}`);
     expect(result.steps).toBe(2);
     expect(result.usage.inputTokens).toBeGreaterThan(0);
-    expect(lastToolsOffered()).toEqual(['echo', 'usage_summary']);
+    expect(lastToolsOffered().filter((name) => !name.startsWith('fixture__'))).toEqual(['echo', 'usage_summary']);
     await b.runtime.flush();
     const rows = await b.runtime.database.db.selectFrom('requests').selectAll().where('key_id', '=', writer.id).execute();
     expect(rows).toHaveLength(2);
@@ -142,14 +155,17 @@ describe('agent API', () => {
     expect(withScope.reply).toContain('deployed!');
   });
 
-  it('keeps a conversation per tenant, encrypted, and hides it from other tenants', async () => {
+  it('keeps a conversation per key, encrypted, and hides it from every other key', async () => {
     const first = (await (await api(writer.key, '/api/message', { body: { message: `remember ${CANARY}` } })).json()) as { sessionId: string };
     const second = await api(writer.key, '/api/message', { body: { message: 'and again', sessionId: first.sessionId } });
     expect(second.status).toBe(200);
     const history = (await (await api(writer.key, `/api/sessions/${first.sessionId}`)).json()) as { history: Array<{ role: string }> };
     expect(history.history.map((t) => t.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
-    const listed = (await (await api(reader, '/api/sessions')).json()) as { sessions: Array<{ id: string; turns: number }> };
+    const listed = (await (await api(writer.key, '/api/sessions')).json()) as { sessions: Array<{ id: string; turns: number }> };
     expect(listed.sessions.find((s) => s.id === first.sessionId)?.turns).toBe(4);
+    // Another key of the same tenant (here one that may read everything) does not see it.
+    expect((await api(admin, `/api/sessions/${first.sessionId}`)).status).toBe(404);
+    expect(((await (await api(reader, '/api/sessions')).json()) as { sessions: unknown[] }).sessions).toEqual([]);
     const stored = await b.runtime.database.db.selectFrom('agent_sessions').select('history').where('id', '=', first.sessionId).executeTakeFirstOrThrow();
     expect(stored.history).toMatch(/^v1\./);
     expect(stored.history).not.toContain(CANARY);
@@ -162,6 +178,7 @@ describe('agent API', () => {
     expect(((await (await api(outsider, '/api/sessions')).json()) as { sessions: unknown[] }).sessions).toEqual([]);
 
     expect((await api(reader, `/api/sessions/${first.sessionId}`, { method: 'DELETE' })).status).toBe(403);
+    expect((await api(deployer, `/api/sessions/${first.sessionId}`, { method: 'DELETE' })).status).toBe(404);
     expect((await api(writer.key, `/api/sessions/${first.sessionId}`, { method: 'DELETE' })).status).toBe(200);
     expect((await api(writer.key, `/api/sessions/${first.sessionId}`)).status).toBe(404);
   });
@@ -181,13 +198,40 @@ describe('agent API', () => {
     const id = AgentSessionStore.newId();
     const long: Turn[] = [];
     for (let i = 0; i < 60; i++) long.push({ role: 'user', content: `question ${i}` }, { role: 'assistant', content: [{ type: 'text', text: `answer ${i}` }] });
-    await b.runtime.agentSessions.save('default', writer.id, id, long);
+    await b.runtime.agentSessions.save({ tenant: 'default', keyId: writer.id }, id, long, undefined);
     const response = await api(writer.key, '/api/message', { body: { message: 'one more', sessionId: id } });
     expect(response.status).toBe(200);
     const sent = (upstream.requests.filter((r) => r.path === '/v1/messages').at(-1)?.body as { messages: Turn[] }).messages;
     expect(sent.length).toBeLessThanOrEqual(MAX_HISTORY_TURNS);
     expect(sent[0]).toMatchObject({ role: 'user', content: expect.stringMatching(/^question \d+$/) });
     expect(sent.at(-1)).toEqual({ role: 'user', content: 'one more' });
+  });
+
+  it('ends the upstream MCP sessions a message opened, and keeps /mcp limits on its tool calls', async () => {
+    const before = mcpUpstream.openSessions();
+    const first = (await (await api(writer.key, '/api/message', { body: { message: 'use fixture__test_error_handling now' } })).json()) as { toolCalls: Array<{ isError: boolean }> };
+    expect(first.toolCalls).toHaveLength(1);
+    await expect.poll(() => mcpUpstream.openSessions(), { timeout: 5_000 }).toBe(before);
+    // The per-tool limit of /mcp (1 a minute here) holds for the agent too.
+    const second = (await (await api(writer.key, '/api/message', { body: { message: 'use fixture__test_error_handling again' } })).json()) as { reply: string };
+    expect(second.reply).toContain('Too many calls for tool fixture__test_error_handling');
+  });
+
+  it('refuses a message that two clients continue at once, keeping the one that finished first', async () => {
+    const { sessionId } = (await (await api(writer.key, '/api/message', { body: { message: 'start' } })).json()) as { sessionId: string };
+    upstream.fault = { kind: 'delay-headers', ms: 300, times: 2 };
+    const [one, two] = await Promise.all([
+      api(writer.key, '/api/message', { body: { message: 'one', sessionId } }),
+      api(writer.key, '/api/message', { body: { message: 'two', sessionId } }),
+    ]);
+    expect([one.status, two.status].sort()).toEqual([200, 409]);
+    const { history } = (await (await api(writer.key, `/api/sessions/${sessionId}`)).json()) as { history: Turn[] };
+    expect(history).toHaveLength(4);
+  });
+
+  it('holds its model calls to the LLM body limit, as /v1/messages is', async () => {
+    const response = await api(writer.key, '/api/message', { body: { message: 'x'.repeat(90_000) } });
+    expect(response.status).toBe(413);
   });
 
   it('survives a client leaving mid-message, and records the abandoned model call', async () => {
@@ -210,20 +254,22 @@ describe('agent API', () => {
     expect(rows).toEqual([{ status: 499, error_type: 'client_disconnected' }]);
   });
 
-  it('reports the model and lets only an admin switch it, within the list, audited', async () => {
+  it('reports the model and lets only an operator switch it, within the list, audited', async () => {
     const current = (await (await api(reader, '/api/llm/current')).json()) as Record<string, unknown>;
     expect(current).toMatchObject({ provider: 'anthropic', model: 'claude-sonnet-4-5', models: ['claude-sonnet-4-5', 'claude-haiku-4-5-20251001'] });
     expect(JSON.stringify(current)).not.toMatch(/sk-ant|bwk_/);
     expect((await api(reader, '/api/llm/switch', { body: { model: 'claude-haiku-4-5-20251001' } })).status).toBe(403);
-    expect((await api(admin, '/api/llm/switch', { body: { model: 'gpt-9' } })).status).toBe(400);
-    const switched = await api(admin, '/api/llm/switch', { body: { model: 'claude-haiku-4-5-20251001' } });
+    // A tenant's admin key may not change the model every tenant uses.
+    expect((await api(admin, '/api/llm/switch', { body: { model: 'claude-haiku-4-5-20251001' } })).status).toBe(403);
+    expect((await api(OPERATOR_KEY, '/api/llm/switch', { body: { model: 'gpt-9' } })).status).toBe(400);
+    const switched = await api(OPERATOR_KEY, '/api/llm/switch', { body: { model: 'claude-haiku-4-5-20251001' } });
     expect(await switched.json()).toMatchObject({ model: 'claude-haiku-4-5-20251001', previous: 'claude-sonnet-4-5' });
     await api(writer.key, '/api/message', { body: { message: 'which model?' } });
     expect((upstream.requests.filter((r) => r.path === '/v1/messages').at(-1)?.body as { model: string }).model).toBe('claude-haiku-4-5-20251001');
     await b.runtime.flush();
     const [event] = await b.runtime.auditReader.tail({ type: 'agent.model_switched' });
     expect(event).toMatchObject({ outcome: 'success', details: { from: 'claude-sonnet-4-5', to: 'claude-haiku-4-5-20251001' } });
-    await api(admin, '/api/llm/switch', { body: { model: 'claude-sonnet-4-5' } });
+    await api(OPERATOR_KEY, '/api/llm/switch', { body: { model: 'claude-sonnet-4-5' } });
   });
 
   it('answers a limit hit by a model call as the limit it is', async () => {
@@ -243,8 +289,8 @@ describe('agent API', () => {
     const openWithTicket = (ticket: string, origin?: string) =>
       fetch(new URL(`/api/events?ticket=${ticket}`, b.publicUrl), { headers: { accept: 'text/event-stream', ...(origin ? { origin } : {}) } });
 
-    it("streams the tenant's agent events to a browser through a single-use ticket bound to its Origin", async () => {
-      const ticket = await ticketFor(reader, APP_ORIGIN);
+    it("streams a key's agent events to a browser through a single-use ticket bound to its Origin", async () => {
+      const ticket = await ticketFor(writer.key, APP_ORIGIN);
       const stream = await openWithTicket(ticket, APP_ORIGIN);
       expect(stream.status).toBe(200);
       expect(stream.headers.get('content-type')).toMatch(/^text\/event-stream/);
@@ -276,27 +322,53 @@ describe('agent API', () => {
       }
     });
 
-    it("replays what a client missed after Last-Event-ID, and shows no other tenant's events", async () => {
-      const first = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${reader}` } });
+    it("replays what a client missed after Last-Event-ID, and shows no other key's events", async () => {
+      const first = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${writer.key}` } });
       const reading = readUntil(first, (events) => events.some((e) => e.event === 'message_finished'));
       await api(writer.key, '/api/message', { body: { message: 'hello feed' } });
       const seen = await reading;
       const started = seen.find((e) => e.event === 'message_started') as SseEvent;
-      const resumed = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${reader}`, 'last-event-id': started.id as string } });
+      const resumed = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${writer.key}`, 'last-event-id': started.id as string } });
       const replayed = await readUntil(resumed, (events) => events.some((e) => e.event === 'message_finished'));
       expect(replayed.map((e) => e.id)).toEqual(seen.slice(seen.indexOf(started) + 1).map((e) => e.id));
 
-      const outsider = (await b.createKey(['read'], { tenant: 'other' })).key;
-      const theirs = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${outsider}`, 'last-event-id': started.id as string } });
-      const nothing = await readUntil(theirs, () => false, 300);
-      expect(nothing.filter((e) => e.event !== undefined && e.event !== 'model_switched')).toEqual([]);
+      for (const stranger of [reader, (await b.createKey(['read'], { tenant: 'other' })).key]) {
+        const theirs = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${stranger}`, 'last-event-id': started.id as string } });
+        const nothing = await readUntil(theirs, () => false, 300);
+        expect(nothing.filter((e) => e.event !== undefined && e.event !== 'model_switched')).toEqual([]);
+      }
     });
+
+    it("ends a key's open event stream when the key is revoked", async () => {
+      const doomed = await b.createKey(['read']);
+      const stream = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${doomed.key}` } });
+      expect(stream.status).toBe(200);
+      const revoked = await b.runtime.keyService.revokeKey(OPERATOR, doomed.id);
+      expect(revoked.ok).toBe(true);
+      await expect(stream.text()).resolves.toContain(': bulwark events');
+    });
+  });
+
+  it("serves an agent card the official A2A resolver reads, pointing at this agent's /api/message", async () => {
+    const card = await new DefaultAgentCardResolver().resolve(b.publicUrl);
+    expect(card.supportedInterfaces[0]?.url).toBe(`${b.publicUrl}/api/message`);
+    expect(card.capabilities?.streaming).toBe(true);
+    expect(Object.keys(card.securitySchemes).sort()).toEqual(['apiKey', 'bearer']);
   });
 
   it('refuses a message without write, and a body that is not a message', async () => {
     expect((await api(reader, '/api/message', { body: { message: 'hi' } })).status).toBe(403);
     expect((await api(writer.key, '/api/message', { body: { text: 'hi' } })).status).toBe(400);
     expect((await api(writer.key, '/api/message', { body: { message: 'hi', sessionId: 'nope' } })).status).toBe(400);
+  });
+
+  it('deletes conversations untouched for longer than bodies are kept', async () => {
+    const { sessionId } = (await (await api(writer.key, '/api/message', { body: { message: 'old news' } })).json()) as { sessionId: string };
+    const db = b.runtime.database.db;
+    await db.updateTable('agent_sessions').set({ updated_at: new Date(Date.now() - 31 * 86_400_000) }).where('id', '=', sessionId).execute();
+    const result = await purge(db, { bodyDays: 30, rowDays: 400 });
+    expect(result.conversationsDeleted).toBe(1);
+    expect((await api(writer.key, `/api/sessions/${sessionId}`)).status).toBe(404);
   });
 
   // Last: afterwards the running server's ring no longer opens the conversations.
@@ -306,7 +378,7 @@ describe('agent API', () => {
     const newKey = randomBytes(32).toString('base64');
     const result = await rotateEncryption(b.runtime.database.db, KeyRing.fromConfig([newKey, oldKey]));
     expect(result.agentSessions).toBeGreaterThan(0);
-    const history = await new AgentSessionStore(b.runtime.database.db, KeyRing.fromConfig([newKey])).history('default', sessionId);
+    const history = await new AgentSessionStore(b.runtime.database.db, KeyRing.fromConfig([newKey])).history({ tenant: 'default', keyId: writer.id }, sessionId);
     expect(history?.map((t) => t.role)).toEqual(['user', 'assistant']);
   });
 });

@@ -7,10 +7,14 @@
  *   `/v1/messages` call.
  * - The tools offered are the MCP tools (built-in and upstream) that the caller's scopes allow,
  *   and nothing else: a tool the caller may not use is never shown to the model.
- * - The loop stops at the model's final answer, or after `maxSteps` model turns, saying so.
- *   Tool failures go back to the model as error results; a model call that fails ends the
- *   message with that error.
+ * - The loop stops at the model's final answer, or after `maxSteps` model turns, saying so,
+ *   and at once when the client leaves. A message makes at most `MAX_TOOL_CALLS` tool calls.
+ *   Tool calls meet `/mcp`'s per-tool limits and result cap; failures go back to the model as
+ *   error results. A model call that fails ends the message with that error.
+ * - A message's tool calls share one upstream MCP session per upstream, closed when the
+ *   message ends.
  */
+import { randomBytes } from 'node:crypto';
 import { ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type { AuditEventInput } from '../audit/log.js';
@@ -25,6 +29,8 @@ import type { Turn } from './sessions.js';
  * so the history stays a valid conversation (no tool result without its call).
  */
 export const MAX_HISTORY_TURNS = 100;
+/** Tool calls one message may make, whatever the model asks for. */
+export const MAX_TOOL_CALLS = 20;
 
 /** Tool names the Messages API accepts; an MCP tool named otherwise is not offered. */
 const ANTHROPIC_TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
@@ -39,7 +45,14 @@ export interface ModelMessage {
 /** A model call's outcome: the message, or the error Bulwark's /v1 route answered with. */
 export type ModelAnswer = { ok: true; message: ModelMessage } | { ok: false; status: number; type: string; message: string; headers: Record<string, string> };
 
-export type CallModel = (principal: Principal, body: Record<string, unknown>, signal: AbortSignal) => Promise<ModelAnswer>;
+/** The agent request a model call is made for: its id, address and user agent go on the call's row. */
+export interface CallerFacts {
+  requestId: string;
+  ip: string | undefined;
+  userAgent: string | undefined;
+}
+
+export type CallModel = (principal: Principal, body: Record<string, unknown>, signal: AbortSignal, facts: CallerFacts) => Promise<ModelAnswer>;
 
 export type AgentEvent =
   | { type: 'message_started'; sessionId: string; model: string }
@@ -81,6 +94,12 @@ export class AgentModelError extends Error {
 export interface AgentOptions {
   registry: McpRegistry;
   callModel: CallModel;
+  /** The per-tool and per-scope limits of /mcp: a refusal message, or undefined to go ahead. */
+  toolCallRefusal(principal: Principal, tool: { name: string; scope: string }): Promise<string | undefined>;
+  /** Ends the upstream MCP sessions a message's tool calls opened. */
+  closeToolSession(sessionHash: string): void;
+  /** A tool result larger than this (bytes of JSON) reaches the model as an error instead. */
+  maxResultBytes: number;
   systemPrompt: string;
   maxSteps: number;
   maxTokens: number;
@@ -95,10 +114,21 @@ export interface RunInput {
   message: string;
   history: readonly Turn[];
   signal: AbortSignal;
+  facts: CallerFacts;
   emit?: (event: AgentEvent) => void;
 }
 
 export async function runAgent(options: AgentOptions, input: RunInput): Promise<AgentResult> {
+  // Upstream sessions are per message (they hold nothing a later message needs) and never shared between callers.
+  const toolSession = `agent:${randomBytes(16).toString('base64url')}`;
+  try {
+    return await loop(options, input, toolSession);
+  } finally {
+    options.closeToolSession(toolSession);
+  }
+}
+
+async function loop(options: AgentOptions, input: RunInput, toolSession: string): Promise<AgentResult> {
   const { registry, callModel, maxSteps, maxTokens, systemPrompt } = options;
   const { principal, sessionId, model, signal } = input;
   const emit = input.emit ?? (() => {});
@@ -110,10 +140,12 @@ export async function runAgent(options: AgentOptions, input: RunInput): Promise<
   emit({ type: 'message_started', sessionId, model });
 
   for (let step = 1; step <= maxSteps; step++) {
+    signal.throwIfAborted();
     const answer = await callModel(
       principal,
       { model, max_tokens: maxTokens, system: systemPrompt, messages: history, ...(toolDefinitions.length > 0 ? { tools: toolDefinitions } : {}) },
       signal,
+      input.facts,
     );
     if (!answer.ok) throw new AgentModelError(answer);
     const { message } = answer;
@@ -132,9 +164,13 @@ export async function runAgent(options: AgentOptions, input: RunInput): Promise<
     }
     const results: Array<Record<string, unknown>> = [];
     for (const use of uses) {
+      signal.throwIfAborted();
       const name = String(use.name);
       const args = typeof use.input === 'object' && use.input !== null && !Array.isArray(use.input) ? (use.input as Record<string, unknown>) : {};
-      const outcome = await callTool(options, tools.get(name), name, args, input);
+      const outcome =
+        toolCalls.length >= MAX_TOOL_CALLS
+          ? { text: `No more tool calls in this message (at most ${MAX_TOOL_CALLS}).`, isError: true }
+          : await callTool(options, registry.tool(name), name, args, input, toolSession);
       toolCalls.push({ name, input: args, isError: outcome.isError });
       emit({ type: 'tool_called', name, isError: outcome.isError });
       results.push({ type: 'tool_result', tool_use_id: use.id, content: outcome.text, ...(outcome.isError ? { is_error: true } : {}) });
@@ -154,15 +190,28 @@ function trimmed(history: Turn[]): Turn[] {
 }
 
 /** Runs one tool the model asked for; every failure becomes an error result the model can read. */
-async function callTool(options: AgentOptions, tool: ToolEntry | undefined, name: string, args: Record<string, unknown>, input: RunInput): Promise<{ text: string; isError: boolean }> {
+async function callTool(
+  options: AgentOptions,
+  tool: ToolEntry | undefined,
+  name: string,
+  args: Record<string, unknown>,
+  input: RunInput,
+  toolSession: string,
+): Promise<{ text: string; isError: boolean }> {
   const { principal, sessionId, signal } = input;
-  // Offered only if usable; checked again, as the registry may have changed between turns.
-  if (!tool || !mayUse(principal, tool)) return { text: `There is no tool named ${name} available to you.`, isError: true };
+  // Looked up again at call time: the registry may have changed since the tools were offered.
+  if (!tool || !ANTHROPIC_TOOL_NAME.test(name) || !mayUse(principal, tool)) return { text: `There is no tool named ${name} available to you.`, isError: true };
+  const refused = await options.toolCallRefusal(principal, { name, scope: tool.scope });
+  if (refused) return { text: refused, isError: true };
   const started = performance.now();
   let result: { text: string; isError: boolean };
   try {
-    const answer = await tool.call(args, { principal, sessionHash: `agent:${sessionId}`, extra: agentExtra(principal, signal), clientCapabilities: undefined });
-    result = { text: textOf(answer), isError: answer.isError === true };
+    const answer = await tool.call(args, { principal, sessionHash: toolSession, extra: agentExtra(principal, signal), clientCapabilities: undefined });
+    const bytes = Buffer.byteLength(JSON.stringify(answer));
+    result =
+      bytes > options.maxResultBytes
+        ? { text: `The tool's result (${bytes} bytes) is larger than Bulwark's limit of ${options.maxResultBytes} bytes.`, isError: true }
+        : { text: textOf(answer), isError: answer.isError === true };
   } catch (err) {
     if (!(err instanceof McpError)) options.logger.error({ err, tool: name }, 'agent tool failed');
     result = { text: err instanceof McpError ? err.message : `The tool ${name} failed.`, isError: true };

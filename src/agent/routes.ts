@@ -12,26 +12,34 @@
  *
  * Sessions belong to a tenant; another tenant's id is answered like an unknown one (404).
  */
+import type { UnderlyingSource } from 'node:stream/web';
 import { Hono } from 'hono';
 import type { Context } from 'hono';
 import { z } from 'zod';
 import type { AuditEventInput } from '../audit/log.js';
+import { type Actor, deniedEvent } from '../auth/key-service.js';
 import { requireScope } from '../auth/middleware.js';
+import { crossesTenants } from '../auth/principal.js';
+import { clientIp, requestPath } from '../http/client-info.js';
 import { requestFacts } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError, type ErrorCode } from '../http/errors.js';
 import { readJson } from '../http/validate.js';
 import { type AgentEvent, AgentModelError, type AgentOptions, type AgentResult, runAgent } from './agent.js';
 import { type EventFeed, type FeedEvent, visibleTo } from './events.js';
-import { AgentSessionStore, isAgentSessionId } from './sessions.js';
+import { AgentSessionStore, SESSION_ID, isAgentSessionId } from './sessions.js';
 import type { TicketStore } from './tickets.js';
 
 /** Event streams one key may hold open at once. */
 const MAX_STREAMS_PER_KEY = 10;
+/** What one event stream may hold for a client that does not read before it is cut off. */
+const MAX_BUFFERED_BYTES = 1024 * 1024;
+/** setTimeout's longest delay; a later expiry needs no timer, as nothing stays open that long unnoticed. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export const MessageBody = z.strictObject({
   message: z.string().min(1).max(100_000),
-  sessionId: z.string().regex(/^[A-Za-z0-9_-]{22}$/, 'is not a session id').optional(),
+  sessionId: z.string().regex(SESSION_ID, 'is not a session id').optional(),
   stream: z.boolean().optional(),
 });
 export const SwitchBody = z.strictObject({ model: z.string().min(1).max(200) });
@@ -57,6 +65,10 @@ function modelFailure(error: AgentModelError): ApiError {
   return new ApiError(code, `The model call failed: ${message}`, kept);
 }
 
+function actorOf(c: Context<BulwarkEnv>): Actor {
+  return { principal: c.get('principal'), via: 'admin-api', ip: clientIp(c), userAgent: c.req.header('user-agent'), requestId: c.get('requestId'), method: c.req.method, path: requestPath(c) };
+}
+
 export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
   const { sessions, audit, feed, tickets, heartbeatMs = 15_000 } = options;
   const streamsPerKey = new Map<string, number>();
@@ -78,8 +90,9 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
       const body = await readJson(c, MessageBody);
       const principal = c.get('principal');
       const sessionId = body.sessionId ?? AgentSessionStore.newId();
-      const history = body.sessionId ? await sessions.history(principal.tenant, body.sessionId) : [];
+      const history = body.sessionId ? await sessions.history(principal, body.sessionId) : [];
       if (!history) throw new ApiError('not_found', 'No such session.');
+      const readTurns = body.sessionId ? history.length : undefined;
       const abort = new AbortController();
       c.req.raw.signal.addEventListener('abort', () => abort.abort(), { once: true });
       const run = (emit?: (event: AgentEvent) => void) =>
@@ -92,20 +105,29 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
             message: body.message,
             history,
             signal: abort.signal,
+            facts: { requestId: c.get('requestId'), ip: clientIp(c), userAgent: c.req.header('user-agent') },
             emit: (event) => {
               const { type, ...data } = event;
-              feed.publish(principal.tenant, type, { sessionId, ...data });
+              feed.publish(principal, type, { sessionId, ...data });
               emit?.(event);
             },
           },
         ).then(async (result: AgentResult) => {
-          await sessions.save(principal.tenant, principal.keyId, sessionId, result.history);
+          // Another message on this session finished first, or the session was deleted meanwhile.
+          if (!(await sessions.save(principal, sessionId, result.history, readTurns))) {
+            throw new ApiError('conflict', 'The conversation changed while this message ran (another message, or it was deleted); nothing of this message was kept.');
+          }
           return result;
         });
       if (!body.stream) {
-        const result = await run().catch((err: unknown) => {
+        let result: AgentResult;
+        try {
+          result = await run();
+        } catch (err) {
+          // The client left and the loop stopped with it; there is no one to answer.
+          if (abort.signal.aborted) return new Response(null, { status: 499 });
           throw err instanceof AgentModelError ? modelFailure(err) : err;
-        });
+        }
         return c.json({ sessionId, reply: result.reply, toolCalls: result.toolCalls, usage: result.usage, model: result.model, steps: result.steps, stopped: result.stopped });
       }
       const encoder = new TextEncoder();
@@ -122,8 +144,10 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
           })
             .then((result) => send('done', { sessionId, toolCalls: result.toolCalls, steps: result.steps }))
             .catch((err: unknown) => {
-              const failure = err instanceof AgentModelError ? modelFailure(err) : new ApiError('internal_error', 'The agent failed.');
-              if (!(err instanceof AgentModelError)) options.logger.error({ err }, 'agent failed');
+              // The client left: the loop stopped on purpose and there is no one to tell.
+              if (abort.signal.aborted) return;
+              const failure = err instanceof AgentModelError ? modelFailure(err) : err instanceof ApiError ? err : new ApiError('internal_error', 'The agent failed.');
+              if (!(err instanceof AgentModelError) && !(err instanceof ApiError)) options.logger.error({ err }, 'agent failed');
               send('error', { error: { code: failure.code, message: failure.message, requestId: c.get('requestId') } });
             })
             .finally(() => {
@@ -141,6 +165,11 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
       c.json({ provider: 'anthropic', model, models: allowedModels, maxSteps: options.maxSteps, maxTokens: options.maxTokens }),
     )
     .post('/api/llm/switch', admin, async (c) => {
+      // One model serves every tenant: a tenant's admin key may not change it for the others.
+      if (!crossesTenants(c.get('principal'))) {
+        audit(deniedEvent(actorOf(c), 'agent.switch_model', { reason: 'operator_only' }));
+        throw new ApiError('forbidden', "Only an operator can switch the agent's model; it serves every tenant.");
+      }
       const { model: wanted } = await readJson(c, SwitchBody);
       if (!allowedModels.includes(wanted)) throw new ApiError('validation_failed', `model: '${wanted}' is not one of ${allowedModels.join(', ')}.`);
       const previous = model;
@@ -150,19 +179,19 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
       feed.publish(undefined, 'model_switched', { from: previous, to: wanted });
       return c.json({ provider: 'anthropic', model, previous });
     })
-    .get('/api/sessions', read, async (c) => c.json({ sessions: await sessions.list(c.get('principal').tenant) }))
+    .get('/api/sessions', read, async (c) => c.json({ sessions: await sessions.list(c.get('principal')) }))
     .get('/api/sessions/:id', read, async (c) => {
       const id = sessionParam(c);
-      const history = await sessions.history(c.get('principal').tenant, id);
+      const history = await sessions.history(c.get('principal'), id);
       if (!history) throw new ApiError('not_found', 'No such session.');
       return c.json({ id, history });
     })
     .delete('/api/sessions/:id', write, async (c) => {
       const id = sessionParam(c);
-      if (!(await sessions.delete(c.get('principal').tenant, id))) throw new ApiError('not_found', 'No such session.');
       const principal = c.get('principal');
+      if (!(await sessions.delete(principal, id))) throw new ApiError('not_found', 'No such session.');
       audit({ type: 'agent.session_deleted', outcome: 'success', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { sessionId: id } });
-      feed.publish(principal.tenant, 'session_ended', { sessionId: id });
+      feed.publish(principal, 'session_ended', { sessionId: id });
       return c.json({ id, deleted: true });
     })
     .post('/api/events/ticket', read, async (c) => {
@@ -179,40 +208,58 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
       let unsubscribe = () => {};
       let heartbeat: NodeJS.Timeout | undefined;
       let closed = false;
+      let untrack = () => {};
+      let ending: NodeJS.Timeout | undefined;
       const close = () => {
         if (closed) return;
         closed = true;
         unsubscribe();
+        untrack();
         clearInterval(heartbeat);
+        clearTimeout(ending);
         const left = (streamsPerKey.get(principal.keyId) ?? 1) - 1;
         if (left > 0) streamsPerKey.set(principal.keyId, left);
         else streamsPerKey.delete(principal.keyId);
       };
-      const stream = new ReadableStream<Uint8Array>({
+      const source: UnderlyingSource<Uint8Array> = {
         start(controller) {
-          const send = (event: FeedEvent) => {
+          const end = () => {
+            if (closed) return;
+            close();
             try {
-              controller.enqueue(encoder.encode(`id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(event.data)}\n\n`));
+              controller.close();
+            } catch {
+              // already closed
+            }
+          };
+          const write = (text: string) => {
+            // A client that stops reading is cut off rather than buffered for without end.
+            if ((controller.desiredSize ?? 0) <= 0) return end();
+            try {
+              controller.enqueue(encoder.encode(text));
             } catch {
               close();
             }
           };
-          controller.enqueue(encoder.encode(`: bulwark events\nretry: 3000\n\n`));
-          if (lastEventId) for (const event of feed.since(lastEventId, principal.tenant)) send(event);
+          // The stream ends with its credential: when the key is revoked, or the token expires.
+          untrack = feed.track(principal.keyId, end);
+          const left = principal.expiresAt ? principal.expiresAt.getTime() - Date.now() : Infinity;
+          if (left < MAX_TIMER_MS) {
+            ending = setTimeout(end, Math.max(0, left));
+            ending.unref();
+          }
+          write(': bulwark events\nretry: 3000\n\n');
+          const send = (event: FeedEvent) => write(`id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(event.data)}\n\n`);
+          if (lastEventId) for (const event of feed.since(lastEventId, principal)) send(event);
           unsubscribe = feed.subscribe((event) => {
-            if (visibleTo(event, principal.tenant)) send(event);
+            if (visibleTo(event, principal)) send(event);
           });
-          heartbeat = setInterval(() => {
-            try {
-              controller.enqueue(encoder.encode(': heartbeat\n\n'));
-            } catch {
-              close();
-            }
-          }, heartbeatMs);
+          heartbeat = setInterval(() => write(': heartbeat\n\n'), heartbeatMs);
           heartbeat.unref();
         },
         cancel: close,
-      });
+      };
+      const stream = new ReadableStream<Uint8Array>(source, new ByteLengthQueuingStrategy({ highWaterMark: MAX_BUFFERED_BYTES }));
       return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no' } });
     });
 }

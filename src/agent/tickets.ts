@@ -53,6 +53,8 @@ export class TicketStore {
     if (row.expires_at.getTime() <= Date.now()) return { ok: false, reason: 'expired' };
     if ((row.origin ?? undefined) !== origin) return { ok: false, reason: 'wrong_origin' };
     const p = row.principal as { kind: PrincipalKind; tenant: string; keyId: string; keyName: string; scopes: string[]; expiresAt: string | null };
+    // A ticket lives no longer than the credential that asked for it.
+    if (p.expiresAt !== null && Date.parse(p.expiresAt) <= Date.now()) return { ok: false, reason: 'expired' };
     return { ok: true, principal: { kind: p.kind, tenant: p.tenant, keyId: p.keyId, keyName: p.keyName, scopes: p.scopes, expiresAt: p.expiresAt ? new Date(p.expiresAt) : null } };
   }
 

@@ -81,7 +81,9 @@ export function registerProxyCommands(program: Command, withOperations: WithOper
     .action(async (opts: { json?: boolean }) => {
       const result = unwrap(await withOperations((ops) => ops.purge()));
       if (opts.json) return printJson(result);
-      printLines([`Cleared ${result.bodiesCleared} stored bodies older than ${result.bodiesBefore} and deleted ${result.rowsDeleted} usage rows older than ${result.rowsBefore}.`]);
+      printLines([
+        `Cleared ${result.bodiesCleared} stored bodies older than ${result.bodiesBefore}, deleted ${result.rowsDeleted} usage rows older than ${result.rowsBefore} and ${result.conversationsDeleted} agent conversations untouched since ${result.bodiesBefore}.`,
+      ]);
     });
 
   program

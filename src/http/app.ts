@@ -11,7 +11,7 @@ import { type Context, Hono } from 'hono';
 import { authenticate, requireScope } from '../auth/middleware.js';
 import { isLoopbackHost } from '../config/safety.js';
 import { type ProxyOptions, anthropicErrors, proxyRoutes } from '../proxy/routes.js';
-import type { CallModel, ModelMessage } from '../agent/agent.js';
+import type { CallModel, CallerFacts, ModelMessage } from '../agent/agent.js';
 import { agentRoutes } from '../agent/routes.js';
 import { ticketAuth } from '../agent/tickets.js';
 import { agentCardRoutes } from '../agent/card.js';
@@ -175,6 +175,9 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
     agentRoutes({
       registry: runtime.mcpRegistry,
       callModel: internalModelCalls(runtime, proxyOptions),
+      toolCallRefusal: (principal, tool) => runtime.mcp.toolCallRefusal(principal, tool),
+      closeToolSession: (hash) => runtime.closeUpstreamSessions(hash),
+      maxResultBytes: config.mcp.maxResultBytes,
       sessions: runtime.agentSessions,
       feed: runtime.agentFeed,
       tickets: runtime.eventTickets,
@@ -198,26 +201,42 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
  * outside this function can build.
  */
 function internalModelCalls(runtime: Runtime, proxyOptions: ProxyOptions): CallModel {
-  const callers = new WeakMap<Request, Principal>();
+  const { config } = runtime;
+  const callers = new WeakMap<Request, { principal: Principal; facts: CallerFacts }>();
   const internal = new Hono<BulwarkEnv>();
   internal.onError(errorHandler((err) => runtime.logger.error({ err }, 'agent model call failed')));
-  internal.use('*', requestId());
   internal.use('*', anthropicErrors());
   internal.use('*', async (c, next) => {
-    const principal = callers.get(c.req.raw);
-    if (!principal) throw new Error('an internal model call without its caller');
-    c.set('principal', principal);
+    const caller = callers.get(c.req.raw);
+    if (!caller) throw new Error('an internal model call without its caller');
+    // The row of the call carries the agent request's id, address and user agent.
+    c.set('requestId', caller.facts.requestId);
+    c.set('clientIp', caller.facts.ip);
+    c.set('principal', caller.principal);
     await next();
   });
+  // What a client's /v1/messages call meets after authentication: the LLM body limit and the `llm` request limits.
+  internal.use('*', bodyLimit({ defaultBytes: config.http.llmBodyLimitBytes }));
+  internal.use(
+    '*',
+    principalRateLimit({
+      limiter: runtime.rateLimiter.limiter,
+      rules: { key: config.rateLimits.keyPerMinute, tenant: config.rateLimits.tenantPerMinute, routes: config.rateLimits.routes },
+      classify: () => 'llm',
+      audit: (event) => runtime.audit(event),
+      clientIp,
+      onRefused: countRefusal(runtime),
+    }),
+  );
   internal.route('/', proxyRoutes(proxyOptions));
-  return async (principal, body, signal) => {
+  return async (principal, body, signal, facts) => {
     const request = new Request('http://bulwark.internal/v1/messages', {
       method: 'POST',
-      headers: { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'user-agent': 'bulwark-agent' },
+      headers: { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'user-agent': facts.userAgent ?? 'bulwark-agent' },
       body: JSON.stringify(body),
       signal,
     });
-    callers.set(request, principal);
+    callers.set(request, { principal, facts });
     const response = await internal.fetch(request);
     const payload = (await response.json().catch(() => ({}))) as ModelMessage & { error?: { type?: string; message?: string } };
     if (response.ok) return { ok: true, message: payload };

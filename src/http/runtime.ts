@@ -101,6 +101,8 @@ export interface Runtime {
   /** The agent's event feed (/api/events) and the tickets browsers use to open it. */
   readonly agentFeed: EventFeed;
   readonly eventTickets: TicketStore;
+  /** Ends the upstream MCP sessions opened under a session hash (an MCP session's, or an agent message's). */
+  closeUpstreamSessions(sessionHash: string): void;
   /** Connects to the configured upstream MCP servers (in the background; a down one is retried). */
   startUpstreams(): Promise<void>;
   audit(event: AuditEventInput): void;
@@ -285,6 +287,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       // Other instances stop a revoked key's sessions through keyStillValid; this ends them here and now.
       sessions.destroyForKey(id).catch((err: unknown) => logger.warn({ keyId: id, error: (err as Error).message }, 'could not end the sessions of an invalidated key'));
       mcp.endForKey(id).catch((err: unknown) => logger.warn({ keyId: id, error: (err as Error).message }, 'could not end the MCP sessions of an invalidated key'));
+      // Event streams on this instance end now; other instances' at the key's next request there.
+      agentFeed.endForKey(id);
     },
   });
 
@@ -301,7 +305,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const staticKeyIds = ['admin-token', ...(config.secrets.adminKey ? ['admin-key'] : []), ...(config.bootstrapKey.key ? ['bootstrap'] : [])];
 
   const startedAt = new Date();
+  const agentFeed = new EventFeed();
   const mcpRegistry = new McpRegistry(config.mcp.scopes);
+  const closeUpstreamSessions = (hash: string) => {
+    for (const upstream of upstreams) upstream.closeSession(hash);
+  };
   const upstreams: UpstreamSource[] = config.mcp.upstreams.map(
     (upstream) =>
       new UpstreamSource({
@@ -331,9 +339,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     audit,
     logger,
     onRefused: (limit) => metrics.inc('bulwark_rate_limited_total', 'Requests refused with 429 by the rate limits and lockouts, by limit.', { limit }),
-    onSessionClosed: (hash) => {
-      for (const upstream of upstreams) upstream.closeSession(hash);
-    },
+    onSessionClosed: (hash) => closeUpstreamSessions(hash),
   });
 
   const proxyManagement = new ProxyManagement({
@@ -400,7 +406,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     mcpRegistry,
     mcp,
     agentSessions: new AgentSessionStore(database.db, keyRing),
-    agentFeed: new EventFeed(),
+    agentFeed,
+    closeUpstreamSessions,
     eventTickets: new TicketStore(database.db),
     async startUpstreams() {
       await Promise.all(upstreams.map((upstream) => upstream.start()));

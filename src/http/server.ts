@@ -170,7 +170,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
   const runPurge = () => {
     purge(database.db, { bodyDays: config.storage.retentionDays, rowDays: config.storage.usageRetentionDays }).then(
       (result) => {
-        if (result.bodiesCleared || result.rowsDeleted) {
+        if (result.bodiesCleared || result.rowsDeleted || result.conversationsDeleted) {
           runtime.audit({ type: 'retention.purged', outcome: 'success', details: { ...result, via: 'schedule' } });
           logger.info(result, 'retention purge');
         }

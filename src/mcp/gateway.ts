@@ -329,6 +329,20 @@ export class McpGateway {
 
   /** Per-tool and per-scope calls per minute per key; every applicable limit counts. */
   async #limit(c: Context<BulwarkEnv>, principal: Principal, requirements: readonly Requirement[]): Promise<void> {
+    const refused = await this.#refusal(principal, requirements, requestFacts(c));
+    if (refused) throw new ApiError('rate_limited', `Too many calls for ${refused.subject}; slow down.`, refusalHeaders(refused.result));
+  }
+
+  /**
+   * The same limits for a tool the agent calls on the caller's behalf (src/agent/): a refusal
+   * comes back as a message for the model rather than an HTTP answer.
+   */
+  async toolCallRefusal(principal: Principal, tool: { name: string; scope: string }): Promise<string | undefined> {
+    const refused = await this.#refusal(principal, [{ scopes: [tool.scope], target: `tools/call ${tool.name}`, tool: tool.name }], {});
+    return refused && `Too many calls for ${refused.subject}; retry in ${refusalHeaders(refused.result)['Retry-After']} s.`;
+  }
+
+  async #refusal(principal: Principal, requirements: readonly Requirement[], facts: Partial<AuditEventInput>): Promise<{ subject: string; result: RateLimitResult } | undefined> {
     const { tools, scopes } = this.#o.rateLimits;
     const checks: Array<{ limit: string; subject: string; result: Promise<RateLimitResult> }> = [];
     // Own properties only: a tool called `constructor` must not find Object.prototype's.
@@ -351,10 +365,11 @@ export class McpGateway {
       if (result.allowed) continue;
       this.#o.onRefused?.(check.limit);
       if (crossedLimit(result, 1)) {
-        this.#o.audit({ type: 'rate_limit.exceeded', outcome: 'denied', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { limit: check.limit, subject: check.subject, perMinute: result.limit } });
+        this.#o.audit({ type: 'rate_limit.exceeded', outcome: 'denied', tenantId: principal.tenant, keyId: principal.keyId, ...facts, details: { limit: check.limit, subject: check.subject, perMinute: result.limit } });
       }
-      throw new ApiError('rate_limited', `Too many calls for ${check.subject}; slow down.`, refusalHeaders(result));
+      return { subject: check.subject, result };
     }
+    return undefined;
   }
 
   async #ended(session: McpSession, reason: string, c?: Context<BulwarkEnv>): Promise<void> {

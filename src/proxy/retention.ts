@@ -53,11 +53,16 @@ export function sealBody(ring: KeyRing, text: string, tenant: string, rowId: str
 export interface PurgeResult {
   bodiesCleared: number;
   rowsDeleted: number;
+  /** Agent conversations untouched for longer than bodies are kept. */
+  conversationsDeleted: number;
   bodiesBefore: string;
   rowsBefore: string;
 }
 
-/** Clears bodies older than `bodyDays` and deletes usage rows older than `rowDays`. */
+/**
+ * Clears bodies older than `bodyDays`, deletes usage rows older than `rowDays`, and deletes
+ * agent conversations untouched for `bodyDays` (they hold what bodies hold: prompts and answers).
+ */
 export async function purge(db: Kysely<Tables>, options: { bodyDays: number; rowDays: number; now?: Date }): Promise<PurgeResult> {
   const now = options.now ?? new Date();
   const bodiesBefore = new Date(now.getTime() - options.bodyDays * 86_400_000);
@@ -70,9 +75,11 @@ export async function purge(db: Kysely<Tables>, options: { bodyDays: number; row
     .where('time', '<', bodiesBefore)
     .where((eb) => eb.or([eb('request_body', 'is not', null), eb('response_body', 'is not', null)]))
     .executeTakeFirst();
+  const conversations = await db.deleteFrom('agent_sessions').where('updated_at', '<', bodiesBefore).executeTakeFirst();
   return {
     bodiesCleared: Number(cleared.numUpdatedRows),
     rowsDeleted: Number(deleted.numDeletedRows),
+    conversationsDeleted: Number(conversations.numDeletedRows),
     bodiesBefore: bodiesBefore.toISOString(),
     rowsBefore: rowsBefore.toISOString(),
   };
