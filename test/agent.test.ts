@@ -316,6 +316,33 @@ describe('agent API', () => {
       expect(elsewhere.status).toBe(401);
     });
 
+    it('lets a browser reconnect with a new ticket and lastEventId, and accepts a same-origin page without Origin', async () => {
+      const ownOrigin = new URL(b.publicUrl).origin;
+      const first = await openWithTicket(await ticketFor(writer.key, ownOrigin), ownOrigin);
+      const reading = readUntil(first, (events) => events.some((e) => e.event === 'message_finished'));
+      await api(writer.key, '/api/message', { body: { message: 'reconnect me' } });
+      const seen = await reading;
+      const started = seen.find((e) => e.event === 'message_started') as SseEvent;
+      // EventSource's own reconnect cannot add headers, and same-origin GETs carry no Origin.
+      const again = await fetch(new URL(`/api/events?ticket=${await ticketFor(writer.key, ownOrigin)}&lastEventId=${started.id as string}`, b.publicUrl), {
+        headers: { accept: 'text/event-stream', 'sec-fetch-site': 'same-origin' },
+      });
+      expect(again.status).toBe(200);
+      const replayed = await readUntil(again, (events) => events.some((e) => e.event === 'message_finished'));
+      expect(replayed.map((e) => e.id)).toEqual(seen.slice(seen.indexOf(started) + 1).map((e) => e.id));
+    });
+
+    it('tells watchers when a message fails', async () => {
+      const limited = await b.runtime.keyService.createKey(OPERATOR, { name: 'watched', scopes: ['write'], limits: { requestsPerMinute: 1 } });
+      if (!limited.ok) throw new Error(limited.message);
+      const stream = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${limited.value.key}` } });
+      const reading = readUntil(stream, (events) => events.some((e) => e.event === 'message_failed'));
+      await api(limited.value.key, '/api/message', { body: { message: 'first' } });
+      expect((await api(limited.value.key, '/api/message', { body: { message: 'second' } })).status).toBe(429);
+      const failed = (await reading).find((e) => e.event === 'message_failed');
+      expect(JSON.parse(failed?.data ?? '{}')).toMatchObject({ reason: 'rate_limited' });
+    });
+
     it('never takes a key in the URL', async () => {
       for (const name of ['api_key', 'key', 'token', 'access_token']) {
         expect((await fetch(new URL(`/api/events?${name}=${reader}`, b.publicUrl))).status).toBe(401);

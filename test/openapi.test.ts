@@ -40,7 +40,7 @@ describe('GET /openapi.json', () => {
         .flatMap((r) => (r.method === 'ALL' ? ['GET', 'POST', 'DELETE'].map((m) => `${m} ${r.path}`) : [`${r.method} ${r.path}`]))
         .map((route) => route.replace(/\/\*$/, '/:path')),
     );
-    const documented = new Set(documentedRoutes());
+    const documented = new Set(documentedRoutes({ jwt: b.runtime.jwtIssuer !== undefined }));
     expect([...registered].filter((r) => !documented.has(r)), 'registered but not documented').toEqual([]);
     expect([...documented].filter((r) => !registered.has(r)), 'documented but not registered').toEqual([]);
     expect(registered.size).toBeGreaterThan(20);
@@ -51,6 +51,10 @@ describe('GET /openapi.json', () => {
     expect(paths['/health']?.get?.security).toEqual([]);
     expect(paths['/api/message']?.post?.security).toEqual([{ bearer: ['write'] }, { apiKey: ['write'] }]);
     expect(paths['/api/llm/switch']?.post?.responses).toHaveProperty('403');
+    expect(paths['/api/sessions/{id}']?.get?.responses).toHaveProperty('404');
+    expect(paths['/api/message']?.post?.responses).toHaveProperty('409');
+    expect(paths['/api/events']?.get?.security).toContainEqual({ eventTicket: [] });
+    expect(paths['/api/sessions']?.get?.security).not.toContainEqual({ eventTicket: [] });
     expect(JSON.stringify(paths['/v1/messages']?.post?.responses['401'])).toContain('AnthropicError');
     expect((document.components as { securitySchemes: Record<string, unknown> }).securitySchemes).toMatchObject({
       bearer: { type: 'http', scheme: 'bearer' },

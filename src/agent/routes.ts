@@ -118,6 +118,11 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
             throw new ApiError('conflict', 'The conversation changed while this message ran (another message, or it was deleted); nothing of this message was kept.');
           }
           return result;
+        }).catch((err: unknown) => {
+          // Watchers saw the message start; they learn it ended too.
+          const reason = abort.signal.aborted ? 'client_left' : err instanceof AgentModelError ? modelFailure(err).code : err instanceof ApiError ? err.code : 'internal_error';
+          feed.publish(principal, 'message_failed', { sessionId, reason });
+          throw err;
         });
       if (!body.stream) {
         let result: AgentResult;
@@ -204,7 +209,9 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
       if (open >= MAX_STREAMS_PER_KEY) throw new ApiError('rate_limited', `This key already has ${MAX_STREAMS_PER_KEY} event streams open.`, { 'Retry-After': '5' });
       streamsPerKey.set(principal.keyId, open + 1);
       const encoder = new TextEncoder();
-      const lastEventId = c.req.header('last-event-id');
+      // A browser's EventSource cannot set Last-Event-ID on a new connection (one with a fresh
+      // ticket), so it may name it in the query instead.
+      const lastEventId = c.req.header('last-event-id') ?? c.req.query('lastEventId');
       let unsubscribe = () => {};
       let heartbeat: NodeJS.Timeout | undefined;
       let closed = false;

@@ -18,6 +18,7 @@ import { credentialCheckUnavailable } from '../auth/middleware.js';
 import { clientIp, requestFacts } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
+import { publicOrigin } from '../mcp/metadata.js';
 import type { Principal, PrincipalKind } from '../auth/principal.js';
 import type { Tables } from '../store/tables.js';
 
@@ -71,6 +72,8 @@ export interface TicketAuthOptions {
   /** Whether the ticket's key may still be used, and from where (checked at redemption). */
   keyStillValid(keyId: string): Promise<false | { allowedCidrs: readonly string[] }>;
   onFailure?: (ip: string | undefined, c: Context) => void | Promise<void>;
+  /** `server.publicUrl`: the origin of Bulwark's own pages, for same-origin requests without Origin. */
+  publicUrl: string | undefined;
 }
 
 /**
@@ -79,14 +82,15 @@ export interface TicketAuthOptions {
  * audited, and counts toward the address's lockout.
  */
 export function ticketAuth(options: TicketAuthOptions): MiddlewareHandler<BulwarkEnv> {
-  const { tickets, audit, keyStillValid, onFailure } = options;
+  const { tickets, audit, keyStillValid, onFailure, publicUrl } = options;
   return async function ticketAuthMiddleware(c, next) {
     const ticket = c.req.query('ticket');
     if (c.req.method !== 'GET' || c.req.path !== '/api/events' || ticket === undefined) return next();
     if (c.req.header('authorization') !== undefined || c.req.header('x-api-key') !== undefined) {
       throw new ApiError('malformed_credential', 'Send either a ticket or a credential header, not both.');
     }
-    const origin = c.req.header('origin');
+    // A same-origin GET carries no Origin (Fetch standard); the browser says so in Sec-Fetch-Site.
+    const origin = c.req.header('origin') ?? (c.req.header('sec-fetch-site') === 'same-origin' ? publicOrigin(c, publicUrl) : undefined);
     let redeemed: Redeemed;
     try {
       redeemed = await tickets.redeem(ticket, origin);

@@ -132,12 +132,18 @@ export function createPublicApp(runtime: Runtime): Hono<BulwarkEnv> {
   );
 
   app.route('/', agentCardRoutes({ agent: config.agent, version: VERSION, publicUrl: config.server.publicUrl }));
-  app.route('/', openApiRoutes({ version: VERSION, publicUrl: config.server.publicUrl }));
+  app.route('/', openApiRoutes({ version: VERSION, publicUrl: config.server.publicUrl, jwt: runtime.jwtIssuer !== undefined }));
 
   // Browsers' EventSource cannot send headers: /api/events alone takes a single-use ticket instead.
   app.use(
     '/api/events',
-    ticketAuth({ tickets: runtime.eventTickets, audit, keyStillValid: (id) => runtime.keyStillValid(id), onFailure: (ip, c) => runtime.authFailures.recordFailure(ip, c) }),
+    ticketAuth({
+      tickets: runtime.eventTickets,
+      audit,
+      keyStillValid: (id) => runtime.keyStillValid(id),
+      onFailure: (ip, c) => runtime.authFailures.recordFailure(ip, c),
+      publicUrl: config.server.publicUrl,
+    }),
   );
   app.use(
     '*',

@@ -12,6 +12,7 @@ import type { Context } from 'hono';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import { MessageBody, SwitchBody } from '../agent/routes.js';
+import { publicOrigin } from '../mcp/metadata.js';
 import type { BulwarkEnv } from './context.js';
 import { TokenRequestSchema } from './routes/auth-token.js';
 
@@ -30,7 +31,24 @@ interface Operation {
   /** `anthropic` for /v1 routes, whose errors are in Anthropic's shape. */
   errors?: 'bulwark' | 'anthropic' | 'jsonrpc';
   parameters?: ReadonlyArray<{ name: string; in: 'path' | 'query' | 'header'; required?: boolean; description: string }>;
+  /** Failure statuses beyond the ones every authenticated route has (401, 403, 429). */
+  failures?: readonly number[];
+  /** Served only when Bulwark issues JWTs (`POST /auth/token`, its JWKS). */
+  jwt?: boolean;
+  /** Also authenticated by a ticket in the query (`/api/events`). */
+  ticket?: boolean;
 }
+
+/** What each extra failure status means, for the document. */
+const FAILURE_DESCRIPTION: Readonly<Record<number, string>> = {
+  404: 'No such thing for this caller',
+  409: 'The conversation changed meanwhile',
+  413: 'The body is larger than the limit',
+  502: 'The upstream failed, or refused the credential Bulwark holds',
+  503: 'Bulwark cannot reach its store right now (Retry-After)',
+  504: 'The upstream did not answer in time',
+};
+const UPSTREAM_FAILURES = [413, 502, 503, 504] as const;
 
 /** The fields of a Messages request Bulwark reads (model allow-lists, budgets, usage); the rest passes through. */
 const MessagesRequest = z.looseObject({
@@ -44,17 +62,17 @@ const OPERATIONS: readonly Operation[] = [
   { method: 'get', path: '/health', summary: 'Liveness: status and version', tag: 'public' },
   { method: 'get', path: '/openapi.json', summary: 'This document', tag: 'public' },
   { method: 'get', path: '/.well-known/agent-card.json', summary: 'The A2A agent card', tag: 'public' },
-  { method: 'get', path: '/.well-known/jwks.json', summary: "Public keys of Bulwark's JWTs", tag: 'public' },
+  { method: 'get', path: '/.well-known/jwks.json', summary: "Public keys of Bulwark's JWTs", tag: 'public', jwt: true },
   { method: 'get', path: '/.well-known/oauth-protected-resource', summary: 'RFC 9728 metadata of the MCP resource', tag: 'public' },
   { method: 'get', path: '/.well-known/oauth-protected-resource/mcp', summary: 'RFC 9728 metadata of the MCP resource', tag: 'public' },
   { method: 'get', path: '/api/whoami', summary: "The caller's principal, never the key", tag: 'auth', scopes: [] },
-  { method: 'post', path: '/auth/token', summary: 'Exchange a key for a short-lived JWT', tag: 'auth', scopes: [], body: TokenRequestSchema },
-  { method: 'post', path: '/api/message', summary: 'Run the agent on a message', tag: 'agent', scopes: ['write'], body: MessageBody, produces: 'json-or-sse' },
+  { method: 'post', path: '/auth/token', summary: 'Exchange a key for a short-lived JWT', tag: 'auth', scopes: [], body: TokenRequestSchema, jwt: true },
+  { method: 'post', path: '/api/message', summary: 'Run the agent on a message', tag: 'agent', scopes: ['write'], body: MessageBody, produces: 'json-or-sse', failures: [404, 409, ...UPSTREAM_FAILURES] },
   { method: 'get', path: '/api/llm/current', summary: "The agent's provider, model and settings", tag: 'agent', scopes: ['read'] },
   { method: 'post', path: '/api/llm/switch', summary: "Change the agent's model within the configured list", tag: 'agent', scopes: ['admin'], body: SwitchBody },
   { method: 'get', path: '/api/sessions', summary: "The tenant's conversations", tag: 'agent', scopes: ['read'] },
-  { method: 'get', path: '/api/sessions/{id}', summary: "One conversation's history", tag: 'agent', scopes: ['read'], parameters: [{ name: 'id', in: 'path', required: true, description: 'Session id' }] },
-  { method: 'delete', path: '/api/sessions/{id}', summary: 'Delete a conversation', tag: 'agent', scopes: ['write'], parameters: [{ name: 'id', in: 'path', required: true, description: 'Session id' }] },
+  { method: 'get', path: '/api/sessions/{id}', summary: "One conversation's history", tag: 'agent', scopes: ['read'], failures: [404], parameters: [{ name: 'id', in: 'path', required: true, description: 'Session id' }] },
+  { method: 'delete', path: '/api/sessions/{id}', summary: 'Delete a conversation', tag: 'agent', scopes: ['write'], failures: [404], parameters: [{ name: 'id', in: 'path', required: true, description: 'Session id' }] },
   {
     method: 'get',
     path: '/api/events',
@@ -62,35 +80,41 @@ const OPERATIONS: readonly Operation[] = [
     tag: 'agent',
     scopes: ['read'],
     produces: 'sse',
+    ticket: true,
     parameters: [
-      { name: 'ticket', in: 'query', description: 'A single-use ticket from POST /api/events/ticket, for browsers; never a key' },
       { name: 'Last-Event-ID', in: 'header', description: 'Replay what was missed after this event' },
+      { name: 'lastEventId', in: 'query', description: 'The same, for an EventSource opened with a new ticket' },
     ],
   },
   { method: 'post', path: '/api/events/ticket', summary: 'A single-use ticket for GET /api/events', tag: 'agent', scopes: ['read'] },
   { method: 'post', path: '/mcp', summary: 'MCP Streamable HTTP: JSON-RPC messages', tag: 'mcp', scopes: ['read', 'write', 'admin'], produces: 'json-or-sse', errors: 'jsonrpc' },
   { method: 'get', path: '/mcp', summary: "MCP Streamable HTTP: the server's event stream", tag: 'mcp', scopes: ['read', 'write', 'admin'], produces: 'sse', errors: 'jsonrpc' },
   { method: 'delete', path: '/mcp', summary: 'MCP Streamable HTTP: end the session', tag: 'mcp', scopes: ['read', 'write', 'admin'], produces: 'empty', errors: 'jsonrpc' },
-  { method: 'post', path: '/v1/messages', summary: 'Anthropic Messages API, through Bulwark', tag: 'llm', scopes: ['llm', 'write'], body: MessagesRequest, produces: 'json-or-sse', errors: 'anthropic' },
-  { method: 'post', path: '/v1/messages/count_tokens', summary: 'Anthropic token counting, through Bulwark', tag: 'llm', scopes: ['llm', 'write'], body: MessagesRequest.omit({ max_tokens: true, stream: true }), errors: 'anthropic' },
-  { method: 'get', path: '/v1/models', summary: 'Anthropic models list, through Bulwark', tag: 'llm', scopes: ['llm', 'read'], errors: 'anthropic' },
-  { method: 'get', path: '/v1/models/{id}', summary: 'One Anthropic model, through Bulwark', tag: 'llm', scopes: ['llm', 'read'], errors: 'anthropic', parameters: [{ name: 'id', in: 'path', required: true, description: 'Model id' }] },
+  { method: 'post', path: '/v1/messages', summary: 'Anthropic Messages API, through Bulwark', tag: 'llm', scopes: ['llm', 'write'], body: MessagesRequest, produces: 'json-or-sse', errors: 'anthropic', failures: UPSTREAM_FAILURES },
+  { method: 'post', path: '/v1/messages/count_tokens', summary: 'Anthropic token counting, through Bulwark', tag: 'llm', scopes: ['llm', 'write'], body: MessagesRequest.omit({ max_tokens: true, stream: true }), errors: 'anthropic', failures: UPSTREAM_FAILURES },
+  { method: 'get', path: '/v1/models', summary: 'Anthropic models list, through Bulwark', tag: 'llm', scopes: ['llm', 'read'], errors: 'anthropic', failures: [502, 503, 504] },
+  { method: 'get', path: '/v1/models/{id}', summary: 'One Anthropic model, through Bulwark', tag: 'llm', scopes: ['llm', 'read'], errors: 'anthropic', failures: [404, 502, 503, 504], parameters: [{ name: 'id', in: 'path', required: true, description: 'Model id' }] },
   ...(['get', 'post', 'delete'] as const).map(
     (method): Operation => ({
       method,
       path: '/v1/{path}',
-      summary: 'Another Anthropic API path: 404 unless `upstream.allowPaths` names it',
+      summary: 'Another Anthropic API path (any method): 404 unless `upstream.allowPaths` names it',
       tag: 'llm',
-      scopes: ['write'],
+      scopes: ['llm', 'write'],
       errors: 'anthropic',
+      failures: [404, ...UPSTREAM_FAILURES],
       parameters: [{ name: 'path', in: 'path', required: true, description: 'The rest of the path' }],
     }),
   ),
 ];
 
+function served(jwt: boolean): readonly Operation[] {
+  return OPERATIONS.filter((op) => !op.jwt || jwt);
+}
+
 /** The documented routes, as `METHOD /path` with Hono's `:param` syntax, for the completeness test. */
-export function documentedRoutes(): string[] {
-  return OPERATIONS.map((op) => `${op.method.toUpperCase()} ${op.path.replace(/\{([^}]+)\}/g, ':$1')}`);
+export function documentedRoutes(options: { jwt: boolean }): string[] {
+  return served(options.jwt).map((op) => `${op.method.toUpperCase()} ${op.path.replace(/\{([^}]+)\}/g, ':$1')}`);
 }
 
 const ErrorEnvelope = {
@@ -133,12 +157,16 @@ function operationObject(op: Operation): Record<string, unknown> {
     responses['429'] = errorResponse('Over a rate limit or budget (Retry-After)');
   }
   if (op.body) responses['400'] = errorResponse('The body is not valid');
+  for (const status of op.failures ?? []) responses[String(status)] = errorResponse(FAILURE_DESCRIPTION[status] ?? 'Failure');
   return {
     summary: op.summary,
     tags: [op.tag],
     operationId: `${op.method}${op.path.replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : ''))}`,
     ...(op.scopes
-      ? { security: [{ bearer: [...op.scopes] }, { apiKey: [...op.scopes] }], ...(op.scopes.length > 0 ? { 'x-bulwark-scopes': `any one of: ${op.scopes.join(', ')}` } : {}) }
+      ? {
+          security: [{ bearer: [...op.scopes] }, { apiKey: [...op.scopes] }, ...(op.ticket ? [{ eventTicket: [] }] : [])],
+          ...(op.scopes.length > 0 ? { 'x-bulwark-scopes': `any one of: ${op.scopes.join(', ')}` } : {}),
+        }
       : { security: [] }),
     ...(op.parameters ? { parameters: op.parameters.map((p) => ({ name: p.name, in: p.in, required: p.required ?? false, description: p.description, schema: { type: 'string' } })) } : {}),
     ...(op.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(op.body) } } } } : {}),
@@ -146,9 +174,9 @@ function operationObject(op: Operation): Record<string, unknown> {
   };
 }
 
-export function openApiDocument(options: { version: string; serverUrl: string }): Record<string, unknown> {
+export function openApiDocument(options: { version: string; serverUrl: string; jwt: boolean }): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
-  for (const op of OPERATIONS) (paths[op.path] ??= {})[op.method] = operationObject(op);
+  for (const op of served(options.jwt)) (paths[op.path] ??= {})[op.method] = operationObject(op);
   return {
     openapi: '3.1.0',
     info: { title: 'Bulwark', version: options.version, description: 'The public listener of Bulwark, a security gateway for AI agents.' },
@@ -158,14 +186,15 @@ export function openApiDocument(options: { version: string; serverUrl: string })
       securitySchemes: {
         bearer: { type: 'http', scheme: 'bearer', description: 'A Bulwark key, a JWT from POST /auth/token, or an accepted OIDC access token.' },
         apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: 'A Bulwark key.' },
+        eventTicket: { type: 'apiKey', in: 'query', name: 'ticket', description: 'A single-use ticket from POST /api/events/ticket, on GET /api/events only. Never a key.' },
       },
       schemas: { Error: ErrorEnvelope, AnthropicError, JsonRpcError },
     },
   };
 }
 
-export function openApiRoutes(options: { version: string; publicUrl: string | undefined }): Hono<BulwarkEnv> {
+export function openApiRoutes(options: { version: string; publicUrl: string | undefined; jwt: boolean }): Hono<BulwarkEnv> {
   return new Hono<BulwarkEnv>().get('/openapi.json', (c: Context<BulwarkEnv>) =>
-    c.json(openApiDocument({ version: options.version, serverUrl: options.publicUrl?.replace(/\/+$/, '') ?? new URL(c.req.url).origin }), 200, { 'cache-control': 'public, max-age=300' }),
+    c.json(openApiDocument({ version: options.version, serverUrl: publicOrigin(c, options.publicUrl), jwt: options.jwt }), 200, { 'cache-control': 'public, max-age=300' }),
   );
 }
