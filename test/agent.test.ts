@@ -383,6 +383,17 @@ describe('agent API', () => {
     expect(Object.keys(card.securitySchemes).sort()).toEqual(['apiKey', 'bearer']);
   });
 
+  it('audits every unauthorised attempt with path, credential presented, Origin, user agent and IP', async () => {
+    const attempt = (headers: Record<string, string>) =>
+      fetch(new URL('/api/message', b.publicUrl), { method: 'POST', headers: { 'content-type': 'application/json', 'user-agent': 'probe/1.0', origin: APP_ORIGIN, ...headers }, body: '{"message":"hi"}' });
+    expect((await attempt({})).status).toBe(401);
+    expect((await attempt({ authorization: 'Bearer bwk_test_notarealkeynotarealkeynotarealkey' })).status).toBe(401);
+    await b.runtime.flush();
+    const failures = (await b.runtime.auditReader.tail({ type: 'auth.failure', limit: 20 })).filter((e) => e.path === '/api/message' && e.userAgent === 'probe/1.0');
+    expect(failures.map((e) => (e.details as { credentialPresented: boolean }).credentialPresented)).toEqual([false, true]);
+    for (const e of failures) expect(e).toMatchObject({ method: 'POST', ip: '127.0.0.1', details: { origin: APP_ORIGIN } });
+  });
+
   it('refuses a message without write, and a body that is not a message', async () => {
     expect((await api(reader, '/api/message', { body: { message: 'hi' } })).status).toBe(403);
     expect((await api(writer.key, '/api/message', { body: { text: 'hi' } })).status).toBe(400);
