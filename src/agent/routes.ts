@@ -3,14 +3,15 @@
  *
  *   POST   /api/message        write  run the agent on a message; JSON, or SSE with `stream: true`
  *   GET    /api/llm/current    read   provider, model and agent settings (no secrets)
- *   POST   /api/llm/switch     admin  change the model within the configured list; audited
- *   GET    /api/sessions       read   the caller's tenant's conversations
+ *   POST   /api/llm/switch     admin  change the model within the configured list (operators); audited
+ *   GET    /api/sessions       read   the caller's conversations
  *   GET    /api/sessions/:id   read   one conversation's history
  *   DELETE /api/sessions/:id   write  delete one
- *   GET    /api/events         read   SSE: the tenant's agent events, heartbeats, Last-Event-ID
+ *   GET    /api/events         read   SSE: the caller's agent events, heartbeats, Last-Event-ID
  *   POST   /api/events/ticket  read   a single-use ticket for `GET /api/events?ticket=` (browsers)
  *
- * Sessions belong to a tenant; another tenant's id is answered like an unknown one (404).
+ * Conversations and events belong to the key (./sessions.ts says why); any other key's id is
+ * answered like an unknown one (404).
  */
 import type { UnderlyingSource } from 'node:stream/web';
 import { Hono } from 'hono';
@@ -20,8 +21,7 @@ import type { AuditEventInput } from '../audit/log.js';
 import { type Actor, deniedEvent } from '../auth/key-service.js';
 import { requireScope } from '../auth/middleware.js';
 import { crossesTenants } from '../auth/principal.js';
-import { clientIp, requestPath } from '../http/client-info.js';
-import { requestFacts } from '../http/client-info.js';
+import { clientIp, requestFacts, requestPath } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError, type ErrorCode } from '../http/errors.js';
 import { readJson } from '../http/validate.js';
@@ -56,11 +56,20 @@ export interface AgentRoutesOptions extends Omit<AgentOptions, 'audit'> {
   audit(event: AuditEventInput): void;
 }
 
+/** The code a failed model call is answered with, by the status Bulwark's /v1 route gave it; anything else is the upstream's failure. */
+const MODEL_FAILURE_CODE: Readonly<Record<number, ErrorCode>> = {
+  400: 'bad_request',
+  403: 'forbidden',
+  413: 'payload_too_large',
+  429: 'rate_limited',
+  503: 'service_unavailable',
+  504: 'upstream_timeout',
+};
+
 /** How a failed model call is answered: the status and meaning Bulwark's /v1 route gave it. */
 function modelFailure(error: AgentModelError): ApiError {
   const { status, message, headers } = error.answer;
-  const code: ErrorCode =
-    status === 429 ? 'rate_limited' : status === 403 ? 'forbidden' : status === 400 ? 'bad_request' : status === 413 ? 'payload_too_large' : status === 503 ? 'service_unavailable' : status === 504 ? 'upstream_timeout' : 'upstream_error';
+  const code = MODEL_FAILURE_CODE[status] ?? 'upstream_error';
   const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => /^(retry-after|ratelimit-|anthropic-ratelimit-)/i.test(name)));
   return new ApiError(code, `The model call failed: ${message}`, kept);
 }

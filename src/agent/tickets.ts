@@ -23,6 +23,8 @@ import type { Principal, PrincipalKind } from '../auth/principal.js';
 import type { Tables } from '../store/tables.js';
 
 export const TICKET_TTL_MS = 60_000;
+/** Principals backed by a store key, whose validity is re-checked when a ticket is redeemed. */
+const STORE_KEY_KINDS: ReadonlySet<PrincipalKind> = new Set(['key', 'jwt']);
 const TICKET = /^[A-Za-z0-9_-]{43}$/;
 
 function hash(ticket: string): string {
@@ -120,6 +122,3 @@ export function ticketAuth(options: TicketAuthOptions): MiddlewareHandler<Bulwar
     return next();
   };
 }
-
-/** Principals backed by a store key, whose validity is re-checked when a ticket is redeemed. */
-const STORE_KEY_KINDS: ReadonlySet<PrincipalKind> = new Set(['key', 'jwt']);

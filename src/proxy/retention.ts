@@ -141,12 +141,20 @@ export async function rotateEncryption(db: Kysely<Tables>, ring: KeyRing, option
     credentials += 1;
   }
   let agentSessions = 0;
-  const histories = await db.selectFrom('agent_sessions').select(['id', 'tenant_id', 'history']).where('history', 'not like', current).execute();
-  for (const row of histories) {
-    const aad = agentSessionAad(row.tenant_id, row.id);
-    // Only if unchanged since read: a conversation that went on meanwhile was written under the current key.
-    await db.updateTable('agent_sessions').set({ history: ring.encrypt(ring.decrypt(row.history, aad), aad) }).where('id', '=', row.id).where('history', '=', row.history).execute();
-    agentSessions += 1;
+  for (;;) {
+    const histories = await db.selectFrom('agent_sessions').select(['id', 'tenant_id', 'history']).where('history', 'not like', current).limit(batchSize).execute();
+    if (histories.length === 0) break;
+    for (const row of histories) {
+      const aad = agentSessionAad(row.tenant_id, row.id);
+      // Only if unchanged since read: a conversation that went on meanwhile was written under the current key.
+      const result = await db
+        .updateTable('agent_sessions')
+        .set({ history: ring.encrypt(ring.decrypt(row.history, aad), aad) })
+        .where('id', '=', row.id)
+        .where('history', '=', row.history)
+        .executeTakeFirst();
+      agentSessions += Number(result.numUpdatedRows);
+    }
   }
   return { keyId: ring.currentKeyId, bodies, credentials, agentSessions };
 }
