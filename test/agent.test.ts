@@ -9,7 +9,6 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { DefaultAgentCardResolver } from '@a2a-js/sdk/client';
-import { createParser } from 'eventsource-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_HISTORY_TURNS } from '../src/agent/agent.js';
 import { AgentSessionStore, type Turn } from '../src/agent/sessions.js';
@@ -18,38 +17,13 @@ import { purge, rotateEncryption } from '../src/proxy/retention.js';
 import { KeyRing } from '../src/store/crypto.js';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
 import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
+import { type SseEvent, readSse } from './helpers/sse.js';
 import { type FixtureUpstream, startFixtureUpstream } from './fixtures/mcp-upstream.js';
 
 const CANARY = 'agent-history-canary-3d8e';
 const APP_ORIGIN = 'https://app.example';
 /** The bootstrap key: an operator, across tenants. */
 const OPERATOR_KEY = `bwk_test_${'o'.repeat(40)}`;
-
-interface SseEvent {
-  id: string | undefined;
-  event: string | undefined;
-  data: string;
-}
-
-/** Reads SSE events until `enough` says so (the stream stays open otherwise). */
-async function readUntil(response: Response, enough: (events: SseEvent[]) => boolean, timeoutMs = 5_000): Promise<SseEvent[]> {
-  const events: SseEvent[] = [];
-  const parser = createParser({ onEvent: (e) => events.push({ id: e.id, event: e.event, data: e.data }) });
-  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
-  const decoder = new TextDecoder();
-  const deadline = setTimeout(() => void reader.cancel(), timeoutMs);
-  try {
-    while (!enough(events)) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      parser.feed(decoder.decode(value, { stream: true }));
-    }
-  } finally {
-    clearTimeout(deadline);
-    await reader.cancel().catch(() => {});
-  }
-  return events;
-}
 
 /** An echo tool for `write` keys and a deploy tool needing its own scope. */
 const tools: McpSource = {
@@ -186,9 +160,7 @@ describe('agent API', () => {
   it('streams the message as SSE when asked', async () => {
     const response = await api(writer.key, '/api/message', { body: { message: `use echo {"text":"streamed"}`, stream: true } });
     expect(response.headers.get('content-type')).toMatch(/^text\/event-stream/);
-    const events: Array<{ event: string | undefined; data: Record<string, unknown> }> = [];
-    const parser = createParser({ onEvent: (e) => events.push({ event: e.event, data: JSON.parse(e.data) as Record<string, unknown> }) });
-    parser.feed(await response.text());
+    const events = (await readSse(response)).map((e) => ({ event: e.event, data: JSON.parse(e.data) as Record<string, unknown> }));
     expect(events.map((e) => e.event)).toEqual(['message_started', 'chunk', 'tool_called', 'chunk', 'message_finished', 'done']);
     expect(events.find((e) => e.event === 'tool_called')?.data).toEqual({ name: 'echo', isError: false });
     expect(String(events.find((e) => e.event === 'message_finished')?.data.reply)).toContain('echo: streamed');
@@ -294,7 +266,7 @@ describe('agent API', () => {
       const stream = await openWithTicket(ticket, APP_ORIGIN);
       expect(stream.status).toBe(200);
       expect(stream.headers.get('content-type')).toMatch(/^text\/event-stream/);
-      const reading = readUntil(stream, (events) => events.some((e) => e.event === 'message_finished'));
+      const reading = readSse(stream, (events) => events.some((e) => e.event === 'message_finished'));
       const sent = (await (await api(writer.key, '/api/message', { body: { message: 'use echo {"text":"via feed"}' } })).json()) as { sessionId: string };
       const events = await reading;
       expect(events.map((e) => e.event)).toEqual(['message_started', 'chunk', 'tool_called', 'chunk', 'message_finished']);
@@ -319,7 +291,7 @@ describe('agent API', () => {
     it('lets a browser reconnect with a new ticket and lastEventId, and accepts a same-origin page without Origin', async () => {
       const ownOrigin = new URL(b.publicUrl).origin;
       const first = await openWithTicket(await ticketFor(writer.key, ownOrigin), ownOrigin);
-      const reading = readUntil(first, (events) => events.some((e) => e.event === 'message_finished'));
+      const reading = readSse(first, (events) => events.some((e) => e.event === 'message_finished'));
       await api(writer.key, '/api/message', { body: { message: 'reconnect me' } });
       const seen = await reading;
       const started = seen.find((e) => e.event === 'message_started') as SseEvent;
@@ -328,7 +300,7 @@ describe('agent API', () => {
         headers: { accept: 'text/event-stream', 'sec-fetch-site': 'same-origin' },
       });
       expect(again.status).toBe(200);
-      const replayed = await readUntil(again, (events) => events.some((e) => e.event === 'message_finished'));
+      const replayed = await readSse(again, (events) => events.some((e) => e.event === 'message_finished'));
       expect(replayed.map((e) => e.id)).toEqual(seen.slice(seen.indexOf(started) + 1).map((e) => e.id));
     });
 
@@ -336,7 +308,7 @@ describe('agent API', () => {
       const limited = await b.runtime.keyService.createKey(OPERATOR, { name: 'watched', scopes: ['write'], limits: { requestsPerMinute: 1 } });
       if (!limited.ok) throw new Error(limited.message);
       const stream = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${limited.value.key}` } });
-      const reading = readUntil(stream, (events) => events.some((e) => e.event === 'message_failed'));
+      const reading = readSse(stream, (events) => events.some((e) => e.event === 'message_failed'));
       await api(limited.value.key, '/api/message', { body: { message: 'first' } });
       expect((await api(limited.value.key, '/api/message', { body: { message: 'second' } })).status).toBe(429);
       const failed = (await reading).find((e) => e.event === 'message_failed');
@@ -351,17 +323,17 @@ describe('agent API', () => {
 
     it("replays what a client missed after Last-Event-ID, and shows no other key's events", async () => {
       const first = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${writer.key}` } });
-      const reading = readUntil(first, (events) => events.some((e) => e.event === 'message_finished'));
+      const reading = readSse(first, (events) => events.some((e) => e.event === 'message_finished'));
       await api(writer.key, '/api/message', { body: { message: 'hello feed' } });
       const seen = await reading;
       const started = seen.find((e) => e.event === 'message_started') as SseEvent;
       const resumed = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${writer.key}`, 'last-event-id': started.id as string } });
-      const replayed = await readUntil(resumed, (events) => events.some((e) => e.event === 'message_finished'));
+      const replayed = await readSse(resumed, (events) => events.some((e) => e.event === 'message_finished'));
       expect(replayed.map((e) => e.id)).toEqual(seen.slice(seen.indexOf(started) + 1).map((e) => e.id));
 
       for (const stranger of [reader, (await b.createKey(['read'], { tenant: 'other' })).key]) {
         const theirs = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${stranger}`, 'last-event-id': started.id as string } });
-        const nothing = await readUntil(theirs, () => false, 300);
+        const nothing = await readSse(theirs, () => false, 300);
         expect(nothing.filter((e) => e.event !== undefined && e.event !== 'model_switched')).toEqual([]);
       }
     });

@@ -10,7 +10,8 @@ import { createHash } from 'node:crypto';
 import type { KyselyPlugin } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Principal } from '../src/auth/principal.js';
-import { McpSessionStore, type McpSessionStoreOptions, describeMcpSession, hashSessionId } from '../src/mcp/sessions.js';
+import { hashSessionId } from '../src/auth/sessions.js';
+import { McpSessionStore, type McpSessionStoreOptions, describeMcpSession } from '../src/mcp/sessions.js';
 import { ENGINES, type TestDatabase, openTestDatabase } from './helpers/database.js';
 
 const SECOND = 1_000;

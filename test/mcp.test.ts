@@ -9,16 +9,16 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { serve, type ServerType } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
-import { createParser } from 'eventsource-parser';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createPublicApp } from '../src/http/app.js';
 import { createLogger } from '../src/http/logger.js';
 import { createRuntime } from '../src/http/runtime.js';
 import type { McpSource, ResourceTemplateEntry, ToolEntry } from '../src/mcp/registry.js';
-import { hashSessionId } from '../src/mcp/sessions.js';
+import { hashSessionId } from '../src/auth/sessions.js';
 import { ENGINES } from './helpers/database.js';
 import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.js';
+import { type SseEvent, readSse } from './helpers/sse.js';
 
 const PROTOCOL = '2025-11-25';
 const SECRET_WORD = 'plaintext-canary-7f3a';
@@ -63,29 +63,6 @@ function fileTemplate(uriTemplate: string, scope: string): ResourceTemplateEntry
 }
 
 const OPERATOR_KEY = `bwk_test_${'o'.repeat(40)}`;
-
-interface SseEvent {
-  id: string | undefined;
-  data: string;
-}
-
-/** Reads SSE events from a response until `stop` says so or the stream ends. */
-async function readEvents(response: Response, stop: (events: SseEvent[]) => boolean = () => false): Promise<SseEvent[]> {
-  const events: SseEvent[] = [];
-  const parser = createParser({ onEvent: (e) => events.push({ id: e.id, data: e.data }) });
-  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
-  const decoder = new TextDecoder();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    parser.feed(decoder.decode(value, { stream: true }));
-    if (stop(events)) {
-      await reader.cancel();
-      break;
-    }
-  }
-  return events;
-}
 
 const messagesOf = (events: SseEvent[]) => events.filter((e) => e.data.trim() !== '').map((e) => JSON.parse(e.data) as Record<string, unknown>);
 
@@ -288,7 +265,7 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
       for (const name of ['constructor', '__proto__', 'toString']) {
         const response = await post(reader, { jsonrpc: '2.0', id: 31, method: 'tools/call', params: { name, arguments: {} } }, transport.sessionId);
         expect(response.status).toBe(200);
-        expect(messagesOf(await readEvents(response))).toContainEqual(expect.objectContaining({ id: 31, error: expect.objectContaining({ message: expect.stringContaining('not found') }) }));
+        expect(messagesOf(await readSse(response))).toContainEqual(expect.objectContaining({ id: 31, error: expect.objectContaining({ message: expect.stringContaining('not found') }) }));
       }
       const llmOnly = (await b.createKey(['llm'])).key;
       const longName = 'x'.repeat(100_000);
@@ -416,7 +393,7 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
           body: JSON.stringify({ jsonrpc: '2.0', id: 5, method: 'tools/call', params: { name: 'echo', arguments: { text: 'after' } } }),
         });
         expect(response.status).toBe(200);
-        expect(messagesOf(await readEvents(response))).toContainEqual(expect.objectContaining({ id: 5, result: { content: [{ type: 'text', text: 'echo: after' }] } }));
+        expect(messagesOf(await readSse(response))).toContainEqual(expect.objectContaining({ id: 5, result: { content: [{ type: 'text', text: 'echo: after' }] } }));
         // Still bound to its key on the new instance.
         const foreign = await fetch(url, { method: 'POST', headers: { accept: 'application/json, text/event-stream', 'content-type': 'application/json', authorization: `Bearer ${other.key}`, 'mcp-session-id': transport.sessionId as string }, body: JSON.stringify({ jsonrpc: '2.0', id: 6, method: 'ping' }) });
         expect(foreign.status).toBe(404);
@@ -446,7 +423,7 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
       const { transport } = await connect(writer.key);
       const sessionId = transport.sessionId as string;
       const call = { jsonrpc: '2.0', id: 42, method: 'tools/call', params: { name: 'countdown', arguments: { steps: 5, delayMs: 40 } } };
-      const first = await readEvents(await post(writer.key, call, sessionId), (events) => messagesOf(events).length >= 2);
+      const first = await readSse(await post(writer.key, call, sessionId), (events) => messagesOf(events).length >= 2);
       const lastId = first.at(-1)?.id as string;
       expect(lastId).toMatch(/^[A-Za-z0-9_-]{22,}$/);
       await sleep(400); // the tool finishes while nobody listens
@@ -454,7 +431,7 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
         headers: { accept: 'text/event-stream', authorization: `Bearer ${writer.key}`, 'mcp-session-id': sessionId, 'mcp-protocol-version': PROTOCOL, 'last-event-id': lastId },
       });
       expect(resumed.status).toBe(200);
-      const rest = await readEvents(resumed, (events) => messagesOf(events).some((m) => m.id === 42));
+      const rest = await readSse(resumed, (events) => messagesOf(events).some((m) => m.id === 42));
       const all = [...messagesOf(first), ...messagesOf(rest)];
       const logLines = all.filter((m) => m.method === 'notifications/message').map((m) => (m.params as { data: string }).data);
       expect(logLines).toEqual([5, 4, 3, 2, 1].map((i) => `${SECRET_WORD} ${i}`));
@@ -468,7 +445,7 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
       const { transport } = await connect(writer.key);
       const sessionId = transport.sessionId as string;
       const call = { jsonrpc: '2.0', id: 43, method: 'tools/call', params: { name: 'countdown', arguments: { steps: 3, delayMs: 40 } } };
-      const first = await readEvents(await post(writer.key, call, sessionId), (events) => messagesOf(events).length >= 1);
+      const first = await readSse(await post(writer.key, call, sessionId), (events) => messagesOf(events).length >= 1);
       const lastId = first.at(-1)?.id as string;
       await sleep(300);
       const db = b.runtime.database.db;

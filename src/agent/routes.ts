@@ -18,10 +18,10 @@ import { Hono } from 'hono';
 import type { Context } from 'hono';
 import { z } from 'zod';
 import type { AuditEventInput } from '../audit/log.js';
-import { type Actor, deniedEvent } from '../auth/key-service.js';
+import { deniedEvent } from '../auth/key-service.js';
 import { requireScope } from '../auth/middleware.js';
 import { crossesTenants } from '../auth/principal.js';
-import { clientIp, requestFacts, requestPath } from '../http/client-info.js';
+import { actorOf, clientIp, requestFacts } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError, type ErrorCode } from '../http/errors.js';
 import { readJson } from '../http/validate.js';
@@ -72,10 +72,6 @@ function modelFailure(error: AgentModelError): ApiError {
   const code = MODEL_FAILURE_CODE[status] ?? 'upstream_error';
   const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => /^(retry-after|ratelimit-|anthropic-ratelimit-)/i.test(name)));
   return new ApiError(code, `The model call failed: ${message}`, kept);
-}
-
-function actorOf(c: Context<BulwarkEnv>): Actor {
-  return { principal: c.get('principal'), via: 'admin-api', ip: clientIp(c), userAgent: c.req.header('user-agent'), requestId: c.get('requestId'), method: c.req.method, path: requestPath(c) };
 }
 
 export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {

@@ -10,11 +10,12 @@
  *   asked from (a page of another site cannot use a ticket it got hold of).
  * - accepted on `/api/events` only.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Context, MiddlewareHandler } from 'hono';
 import type { Kysely } from 'kysely';
 import type { AuditEventInput } from '../audit/log.js';
 import { credentialCheckUnavailable } from '../auth/middleware.js';
+import { hashSessionId } from '../auth/sessions.js';
 import { clientIp, requestFacts } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
@@ -26,10 +27,6 @@ export const TICKET_TTL_MS = 60_000;
 /** Principals backed by a store key, whose validity is re-checked when a ticket is redeemed. */
 const STORE_KEY_KINDS: ReadonlySet<PrincipalKind> = new Set(['key', 'jwt']);
 const TICKET = /^[A-Za-z0-9_-]{43}$/;
-
-function hash(ticket: string): string {
-  return createHash('sha256').update(ticket).digest('hex');
-}
 
 export type Redeemed = { ok: true; principal: Principal } | { ok: false; reason: 'malformed' | 'unknown_or_used' | 'expired' | 'wrong_origin' };
 
@@ -44,14 +41,14 @@ export class TicketStore {
     const ticket = randomBytes(32).toString('base64url');
     const expiresAt = new Date(Date.now() + TICKET_TTL_MS);
     const stored = { kind: principal.kind, tenant: principal.tenant, keyId: principal.keyId, keyName: principal.keyName, scopes: [...principal.scopes], expiresAt: principal.expiresAt?.toISOString() ?? null };
-    await this.#db.insertInto('event_tickets').values({ id_hash: hash(ticket), principal: JSON.stringify(stored), origin: origin ?? null, expires_at: expiresAt }).execute();
+    await this.#db.insertInto('event_tickets').values({ id_hash: hashSessionId(ticket), principal: JSON.stringify(stored), origin: origin ?? null, expires_at: expiresAt }).execute();
     return { ticket, expiresAt };
   }
 
   /** Uses a ticket up: whatever the outcome, it cannot be presented again. */
   async redeem(ticket: string, origin: string | undefined): Promise<Redeemed> {
     if (!TICKET.test(ticket)) return { ok: false, reason: 'malformed' };
-    const row = await this.#db.deleteFrom('event_tickets').where('id_hash', '=', hash(ticket)).returningAll().executeTakeFirst();
+    const row = await this.#db.deleteFrom('event_tickets').where('id_hash', '=', hashSessionId(ticket)).returningAll().executeTakeFirst();
     if (!row) return { ok: false, reason: 'unknown_or_used' };
     if (row.expires_at.getTime() <= Date.now()) return { ok: false, reason: 'expired' };
     if ((row.origin ?? undefined) !== origin) return { ok: false, reason: 'wrong_origin' };

@@ -5,6 +5,7 @@
  * runs, the socket address is the only address believed.
  */
 import type { Context } from 'hono';
+import type { Actor } from '../auth/key-service.js';
 
 interface NodeBindings {
   incoming?: { socket?: { remoteAddress?: string } };
@@ -28,4 +29,19 @@ export function requestFacts(c: Context): { ip: string | undefined; userAgent: s
 
 export function requestPath(c: Context): string {
   return new URL(c.req.url).pathname;
+}
+
+/** The caller of a management action, as the services that audit it take it. */
+export function actorOf(c: Context): Actor {
+  const principal = c.get('principal') as Actor['principal'];
+  return {
+    principal,
+    // The admin token lives in the data dir (mode 600) and only the CLI reads it.
+    via: principal.keyId === 'admin-token' ? 'cli' : 'admin-api',
+    ip: clientIp(c),
+    userAgent: c.req.header('user-agent'),
+    requestId: c.get('requestId') as string | undefined,
+    method: c.req.method,
+    path: requestPath(c),
+  };
 }

@@ -26,12 +26,6 @@ const OPEN_METHODS = new Set(['initialize', 'ping']);
 /** Names and URIs echoed in messages and audit events are cut to this. */
 const TARGET_MAX = 200;
 
-export function isJsonRpcRequest(message: unknown): message is JsonRpcRequestLike & { id: string | number } {
-  if (typeof message !== 'object' || message === null) return false;
-  const m = message as Record<string, unknown>;
-  return typeof m.method === 'string' && (typeof m.id === 'string' || typeof m.id === 'number');
-}
-
 function stringParam(params: Record<string, unknown> | undefined, name: string): string | undefined {
   const value = params?.[name];
   return typeof value === 'string' ? value : undefined;

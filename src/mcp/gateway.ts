@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { WebStandardStreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { isJsonContentType } from '@modelcontextprotocol/sdk/shared/mediaType.js';
-import type { ServerNotification } from '@modelcontextprotocol/sdk/types.js';
+import { type ServerNotification, isJSONRPCRequest } from '@modelcontextprotocol/sdk/types.js';
 import type { Context } from 'hono';
 import { Hono } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
@@ -39,11 +39,12 @@ import type { Logger } from '../http/logger.js';
 import { parseJsonBody } from '../security/json.js';
 import { crossedLimit, refusalHeaders } from '../security/rate-limit.js';
 import type { RateLimiter, RateLimitResult } from '../security/rate-limiter.js';
-import { type Requirement, isJsonRpcRequest, requirementOf } from './authorize.js';
+import { type Requirement, requirementOf } from './authorize.js';
 import type { EventHistory } from './event-store.js';
 import type { McpRegistry } from './registry.js';
 import { type SessionServerOptions, authInfoFor, createSessionServer } from './server.js';
-import { type McpSession, type McpSessionView, McpSessionStore, describeMcpSession, hashSessionId } from './sessions.js';
+import { hashSessionId } from '../auth/sessions.js';
+import { type McpSession, type McpSessionView, McpSessionStore, describeMcpSession } from './sessions.js';
 
 export interface McpGatewayOptions {
   registry: McpRegistry;
@@ -125,7 +126,7 @@ export class McpGateway {
       }
     }
     const messages: unknown[] = parsedBody === undefined ? [] : Array.isArray(parsedBody) ? parsedBody : [parsedBody];
-    const requests = messages.filter(isJsonRpcRequest);
+    const requests = messages.filter(isJSONRPCRequest);
     const requirements = requests.map((r) => requirementOf(r, this.#o.registry)).filter((r): r is Requirement => r !== undefined);
     const initialize = requests.find((r) => r.method === 'initialize');
     // A credential that may use nothing here (only `llm`, say) opens no session either.

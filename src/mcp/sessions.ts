@@ -14,9 +14,10 @@
  * - `last_seen_at` is written at most once per `touchIntervalMs`; the idle limit is exact to
  *   within that interval.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Kysely, Selectable } from 'kysely';
 import type { Principal } from '../auth/principal.js';
+import { hashSessionId } from '../auth/sessions.js';
 import type { McpSessionsTable, Tables } from '../store/tables.js';
 
 const SESSION_ID_BYTES = 32;
@@ -51,10 +52,6 @@ export interface McpSessionStoreOptions {
   maxMs: number;
   touchIntervalMs?: number;
   now?: () => Date;
-}
-
-export function hashSessionId(id: string): string {
-  return createHash('sha256').update(id).digest('hex');
 }
 
 export class McpSessionStore {

@@ -6,7 +6,7 @@
 import { Hono } from 'hono';
 import { z } from 'zod';
 import type { AuditEventInput, AuditReader, StoredAuditEvent } from '../../audit/log.js';
-import { type Actor, type FailureCode, type KeyService, type Result, operatorOnly } from '../../auth/key-service.js';
+import { type FailureCode, type KeyService, type Result, operatorOnly } from '../../auth/key-service.js';
 import { crossesTenants } from '../../auth/principal.js';
 import { LimitSetSchema, SCOPE_PATTERN } from '../../config/schema.js';
 import type { ProxyManagement } from '../../proxy/management.js';
@@ -14,7 +14,7 @@ import type { McpGateway } from '../../mcp/gateway.js';
 import { SESSION_REF } from '../../mcp/sessions.js';
 import { openToolPayloads } from '../../mcp/payloads.js';
 import type { KeyRing } from '../../store/crypto.js';
-import { clientIp, requestPath } from '../client-info.js';
+import { actorOf } from '../client-info.js';
 import type { BulwarkEnv } from '../context.js';
 import { ApiError, type ErrorCode } from '../errors.js';
 import { readJson, readQuery } from '../validate.js';
@@ -30,20 +30,6 @@ const FAILURE_CODE: Record<FailureCode, ErrorCode> = {
 function unwrap<T>(result: Result<T>): T {
   if (!result.ok) throw new ApiError(FAILURE_CODE[result.code], result.message);
   return result.value;
-}
-
-function actorOf(c: Context<BulwarkEnv>): Actor {
-  const principal = c.get('principal');
-  return {
-    principal,
-    // The admin token lives in the data dir (mode 600) and only the CLI reads it.
-    via: principal.keyId === 'admin-token' ? 'cli' : 'admin-api',
-    ip: clientIp(c),
-    userAgent: c.req.header('user-agent'),
-    requestId: c.get('requestId'),
-    method: c.req.method,
-    path: requestPath(c),
-  };
 }
 
 const KeyId = z.string().regex(/^[0-9A-Za-z]{1,64}$/, 'is not a key id');
