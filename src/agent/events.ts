@@ -56,6 +56,11 @@ export class EventFeed {
     };
   }
 
+  /** How many streams a key has open here. */
+  openStreams(keyId: string): number {
+    return this.#streams.get(keyId)?.size ?? 0;
+  }
+
   /** Ends every open stream of a key (revoked, rotated out, deleted). */
   endForKey(keyId: string): void {
     for (const end of [...(this.#streams.get(keyId) ?? [])]) end();

@@ -30,6 +30,7 @@ import { type EventFeed, type FeedEvent, visibleTo } from './events.js';
 import { AgentSessionStore, SESSION_ID, isAgentSessionId } from './sessions.js';
 import type { TicketStore } from './tickets.js';
 
+const SSE_HEADERS = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no' };
 /** Event streams one key may hold open at once. */
 const MAX_STREAMS_PER_KEY = 10;
 /** What one event stream may hold for a client that does not read before it is cut off. */
@@ -76,7 +77,6 @@ function modelFailure(error: AgentModelError): ApiError {
 
 export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
   const { sessions, audit, feed, tickets, heartbeatMs = 15_000 } = options;
-  const streamsPerKey = new Map<string, number>();
   const allowedModels = [...new Set([options.model, ...options.models])];
   let model = options.model;
 
@@ -169,7 +169,7 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
           abort.abort();
         },
       });
-      return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no' } });
+      return new Response(stream, { headers: SSE_HEADERS });
     })
     .get('/api/llm/current', read, (c) =>
       c.json({ provider: 'anthropic', model, models: allowedModels, maxSteps: options.maxSteps, maxTokens: options.maxTokens }),
@@ -210,9 +210,9 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
     })
     .get('/api/events', read, (c) => {
       const principal = c.get('principal');
-      const open = streamsPerKey.get(principal.keyId) ?? 0;
-      if (open >= MAX_STREAMS_PER_KEY) throw new ApiError('rate_limited', `This key already has ${MAX_STREAMS_PER_KEY} event streams open.`, { 'Retry-After': '5' });
-      streamsPerKey.set(principal.keyId, open + 1);
+      if (feed.openStreams(principal.keyId) >= MAX_STREAMS_PER_KEY) {
+        throw new ApiError('rate_limited', `This key already has ${MAX_STREAMS_PER_KEY} event streams open.`, { 'Retry-After': '5' });
+      }
       const encoder = new TextEncoder();
       // A browser's EventSource cannot set Last-Event-ID on a new connection (one with a fresh
       // ticket), so it may name it in the query instead.
@@ -229,9 +229,6 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
         untrack();
         clearInterval(heartbeat);
         clearTimeout(ending);
-        const left = (streamsPerKey.get(principal.keyId) ?? 1) - 1;
-        if (left > 0) streamsPerKey.set(principal.keyId, left);
-        else streamsPerKey.delete(principal.keyId);
       };
       const source: UnderlyingSource<Uint8Array> = {
         start(controller) {
@@ -272,6 +269,6 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
         cancel: close,
       };
       const stream = new ReadableStream<Uint8Array>(source, new ByteLengthQueuingStrategy({ highWaterMark: MAX_BUFFERED_BYTES }));
-      return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no' } });
+      return new Response(stream, { headers: SSE_HEADERS });
     });
 }

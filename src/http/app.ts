@@ -7,7 +7,7 @@
  * `authenticate`; every other route is behind it, so a route added later is authenticated
  * unless moved up here.
  */
-import { type Context, Hono } from 'hono';
+import { type Context, Hono, type MiddlewareHandler } from 'hono';
 import { authenticate, requireScope } from '../auth/middleware.js';
 import { isLoopbackHost } from '../config/safety.js';
 import { type ProxyOptions, anthropicErrors, proxyRoutes } from '../proxy/routes.js';
@@ -29,7 +29,7 @@ import { originCheck } from '../security/origin.js';
 import { ipAllowlist } from '../security/ip-allowlist.js';
 import { keyIpAllowlist } from '../security/key-ip-allowlist.js';
 import { ipRateLimit } from '../security/ip-rate-limit.js';
-import { principalRateLimit } from '../security/principal-rate-limit.js';
+import { type RequestClass, principalRateLimit } from '../security/principal-rate-limit.js';
 import { accessLog } from './access-log.js';
 import { clientIp } from './client-info.js';
 import type { BulwarkEnv } from './context.js';
@@ -91,20 +91,23 @@ function edge(app: Hono<BulwarkEnv>, runtime: Runtime, listener: Listener): void
 
 /** After authentication: the key's own address list, then its request limits. */
 function afterAuthentication(app: Hono<BulwarkEnv>, runtime: Runtime, listener: Listener): void {
-  const { config, audit } = runtime;
+  const { audit } = runtime;
   app.use('*', keyIpAllowlist({ audit }));
-  app.use(
-    '*',
-    principalRateLimit({
-      limiter: runtime.rateLimiter.limiter,
-      rules: { key: config.rateLimits.keyPerMinute, tenant: config.rateLimits.tenantPerMinute, routes: config.rateLimits.routes },
-      // /v1 calls are `llm` (their token and budget limits live in the proxy); the admin listener is `admin`.
-      classify: (c) => (listener === 'admin' ? 'admin' : c.req.path.startsWith('/v1/') ? 'llm' : c.req.method === 'GET' || c.req.method === 'HEAD' ? 'read' : 'write'),
-      audit,
-      clientIp,
-      onRefused: countRefusal(runtime),
-    }),
-  );
+  // /v1 calls are `llm` (their token and budget limits live in the proxy); the admin listener is `admin`.
+  app.use('*', principalLimits(runtime, (c) => (listener === 'admin' ? 'admin' : c.req.path.startsWith('/v1/') ? 'llm' : c.req.method === 'GET' || c.req.method === 'HEAD' ? 'read' : 'write')));
+}
+
+/** The per-key, per-tenant and per-route request limits, with requests sorted into classes by `classify`. */
+function principalLimits(runtime: Runtime, classify: (c: Context<BulwarkEnv>) => RequestClass): MiddlewareHandler<BulwarkEnv> {
+  const { config } = runtime;
+  return principalRateLimit({
+    limiter: runtime.rateLimiter.limiter,
+    rules: { key: config.rateLimits.keyPerMinute, tenant: config.rateLimits.tenantPerMinute, routes: config.rateLimits.routes },
+    classify,
+    audit: (event) => runtime.audit(event),
+    clientIp,
+    onRefused: countRefusal(runtime),
+  });
 }
 
 /** Every 429 counted by limit; only the first of each window is an audit event. */
@@ -223,17 +226,7 @@ function internalModelCalls(runtime: Runtime, proxyOptions: ProxyOptions): CallM
   });
   // What a client's /v1/messages call meets after authentication: the LLM body limit and the `llm` request limits.
   internal.use('*', bodyLimit({ defaultBytes: config.http.llmBodyLimitBytes }));
-  internal.use(
-    '*',
-    principalRateLimit({
-      limiter: runtime.rateLimiter.limiter,
-      rules: { key: config.rateLimits.keyPerMinute, tenant: config.rateLimits.tenantPerMinute, routes: config.rateLimits.routes },
-      classify: () => 'llm',
-      audit: (event) => runtime.audit(event),
-      clientIp,
-      onRefused: countRefusal(runtime),
-    }),
-  );
+  internal.use('*', principalLimits(runtime, () => 'llm'));
   internal.route('/', proxyRoutes(proxyOptions));
   return async (principal, body, signal, facts) => {
     const request = new Request('http://bulwark.internal/v1/messages', {

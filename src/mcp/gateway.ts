@@ -179,8 +179,10 @@ export class McpGateway {
       if (lookup.reason !== 'unknown') {
         this.#o.audit({ type: 'mcp.session_ended', outcome: 'info', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { reason: lookup.reason, ref: hash.slice(0, 16) } });
         await this.#forget(hash);
+      } else {
+        // Ended elsewhere (another instance, an operator): this process may still hold its transport.
+        this.#closeLocal(hash);
       }
-      this.#closeLocal(hash);
       return undefined;
     }
     const { session } = lookup;
