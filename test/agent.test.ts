@@ -315,6 +315,21 @@ describe('agent API', () => {
       expect(JSON.parse(failed?.data ?? '{}')).toMatchObject({ reason: 'rate_limited' });
     });
 
+    it('caps the event streams one key holds open, and audits the refusal', async () => {
+      const watcher = await b.createKey(['read']);
+      const open = (signal: AbortSignal) => fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${watcher.key}` }, signal });
+      const abort = new AbortController();
+      const streams = await Promise.all(Array.from({ length: 10 }, () => open(abort.signal)));
+      expect(streams.map((s) => s.status)).toEqual(Array(10).fill(200));
+      const refused = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${watcher.key}` } });
+      expect(refused.status).toBe(429);
+      expect(refused.headers.get('retry-after')).toBe('5');
+      abort.abort();
+      await b.runtime.flush();
+      const [event] = (await b.runtime.auditReader.tail({ type: 'rate_limit.exceeded', limit: 50 })).filter((e) => e.keyId === watcher.id);
+      expect(event).toMatchObject({ outcome: 'denied', path: '/api/events', details: { limit: 'event_streams' } });
+    });
+
     it('never takes a key in the URL', async () => {
       for (const name of ['api_key', 'key', 'token', 'access_token']) {
         expect((await fetch(new URL(`/api/events?${name}=${reader}`, b.publicUrl))).status).toBe(401);

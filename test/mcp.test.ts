@@ -327,6 +327,8 @@ describe.each(ENGINES)('/mcp on %s', (engine) => {
       const response = await post(capped, { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'x', version: '1' } } });
       expect(response.status).toBe(429);
       expect(response.headers.get('retry-after')).toBe('60');
+      const refused = (await auditEvents('rate_limit.exceeded')).find((e) => (e.details as { limit: string }).limit === 'mcp_sessions');
+      expect(refused).toMatchObject({ outcome: 'denied', path: '/mcp', ip: '127.0.0.1', details: { perKey: 40 } });
     });
 
     it('answers 503, without internals, when the store cannot take a new session', async () => {

@@ -211,6 +211,7 @@ export function agentRoutes(options: AgentRoutesOptions): Hono<BulwarkEnv> {
     .get('/api/events', read, (c) => {
       const principal = c.get('principal');
       if (feed.openStreams(principal.keyId) >= MAX_STREAMS_PER_KEY) {
+        audit({ type: 'rate_limit.exceeded', outcome: 'denied', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { limit: 'event_streams', perKey: MAX_STREAMS_PER_KEY } });
         throw new ApiError('rate_limited', `This key already has ${MAX_STREAMS_PER_KEY} event streams open.`, { 'Retry-After': '5' });
       }
       const encoder = new TextEncoder();

@@ -217,6 +217,7 @@ export class McpGateway {
     let created: McpSession;
     try {
       if ((await this.#o.sessions.countForKey(principal.keyId)) >= maxPerKey) {
+        this.#o.audit({ type: 'rate_limit.exceeded', outcome: 'denied', tenantId: principal.tenant, keyId: principal.keyId, ...requestFacts(c), details: { limit: 'mcp_sessions', perKey: maxPerKey } });
         throw new ApiError('rate_limited', `This key has ${maxPerKey} open MCP sessions, the most it may have; end one (DELETE /mcp) or let one expire.`, { 'Retry-After': '60' });
       }
       created = await this.#o.sessions.create(id, principal, { protocolVersion: String(params.protocolVersion ?? ''), params: kept });
