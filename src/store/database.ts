@@ -7,11 +7,11 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { PGlite } from '@electric-sql/pglite';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { lockEmbeddedDatabase } from './data-dir.js';
 import { PGliteDialect } from './pglite-dialect.js';
+import { PGliteThread } from './pglite-thread.js';
 import type { Tables } from './tables.js';
 
 export type DatabaseKind = 'pglite' | 'postgres';
@@ -42,11 +42,11 @@ export interface OpenDatabaseOptions {
 }
 
 /**
- * PGlite's own start parameters with a 16 MB buffer cache instead of PostgreSQL's 128 MB. The
- * embedded engine's memory never shrinks, and a gateway's writes are appends that need little
- * cache; reads still go through the operating system's page cache.
+ * Added to PGlite's own start parameters: a 16 MB buffer cache instead of PostgreSQL's 128 MB.
+ * The embedded engine's memory never shrinks, and a gateway's writes are appends that need
+ * little cache; reads still go through the operating system's page cache.
  */
-const EMBEDDED_START_PARAMS = [...PGlite.defaultStartParams, '-c', 'shared_buffers=16MB'];
+const EMBEDDED_EXTRA_START_PARAMS = ['-c', 'shared_buffers=16MB'];
 
 /**
  * A new data directory is created in a short-lived child process: PGlite runs initdb in its own
@@ -55,7 +55,7 @@ const EMBEDDED_START_PARAMS = [...PGlite.defaultStartParams, '-c', 'shared_buffe
 const INIT_SCRIPT = `
 const { PGlite } = require(process.argv[1]);
 (async () => {
-  const db = new PGlite(process.argv[2], { startParams: JSON.parse(process.argv[3]) });
+  const db = new PGlite(process.argv[2], { startParams: [...PGlite.defaultStartParams, ...JSON.parse(process.argv[3])] });
   await db.waitReady;
   await db.close();
 })().catch((err) => { process.stderr.write(String((err && err.message) || err)); process.exit(1); });
@@ -67,7 +67,7 @@ async function initialiseEmbedded(dir: string): Promise<void> {
   try {
     await promisify(execFile)(
       process.execPath,
-      ['-e', INIT_SCRIPT, pgliteModule, dir, JSON.stringify(EMBEDDED_START_PARAMS)],
+      ['-e', INIT_SCRIPT, pgliteModule, dir, JSON.stringify(EMBEDDED_EXTRA_START_PARAMS)],
       { timeout: 120_000 },
     );
   } catch (err) {
@@ -85,48 +85,35 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
 }
 
 async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise<Database> {
-  let pglite: PGlite;
-  let location: string;
+  let dir: string | undefined;
   let release = () => {};
-  if (options.memory) {
-    pglite = new PGlite({ startParams: EMBEDDED_START_PARAMS });
-    location = 'embedded (memory)';
-  } else {
+  if (!options.memory) {
     if (!options.dataDir) throw new Error('dataDir is required for the embedded database');
-    const dir = path.join(options.dataDir, 'db');
+    dir = path.join(options.dataDir, 'db');
     mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     release = lockEmbeddedDatabase(options.dataDir);
-    try {
-      await initialiseEmbedded(dir);
-    } catch (err) {
-      release();
-      throw err;
-    }
-    pglite = new PGlite(dir, { startParams: EMBEDDED_START_PARAMS });
-    location = `embedded (${dir})`;
   }
+  let engine: PGliteThread;
   try {
-    await pglite.waitReady;
+    if (dir) await initialiseEmbedded(dir);
+    engine = await PGliteThread.start({ dir, extraStartParams: EMBEDDED_EXTRA_START_PARAMS, schema });
   } catch (err) {
     release();
     throw err;
   }
-  if (schema !== 'public') {
-    await pglite.exec(`create schema if not exists ${schema}; set search_path to ${schema}`);
-  }
-  const db = new Kysely<Tables>({ dialect: new PGliteDialect(pglite) });
+  const db = new Kysely<Tables>({ dialect: new PGliteDialect(engine) });
   return {
     db,
     kind: 'pglite',
     schema,
-    location,
+    location: dir ? `embedded (${dir})` : 'embedded (memory)',
     async ping() {
       await sql`select 1`.execute(db);
     },
     async close() {
       await db.destroy();
-      if (!pglite.closed) await pglite.close();
+      await engine.close();
       release();
     },
   };

@@ -1,9 +1,9 @@
 /**
- * A Kysely dialect for PGlite, the embedded PostgreSQL. PGlite is one connection, so the
- * driver hands it out to one query or transaction at a time (a FIFO mutex); the SQL dialect
- * is PostgreSQL's, which is what lets one schema and one migration set serve both engines.
+ * A Kysely dialect for PGlite, the embedded PostgreSQL (on its own thread: pglite-thread.ts).
+ * PGlite is one connection, so the driver hands it out to one query or transaction at a time
+ * (a FIFO mutex); the SQL dialect is PostgreSQL's, which is what lets one schema and one
+ * migration set serve both engines.
  */
-import type { PGlite } from '@electric-sql/pglite';
 import {
   type CompiledQuery,
   type DatabaseConnection,
@@ -16,12 +16,13 @@ import {
   type QueryResult,
   type TransactionSettings,
 } from 'kysely';
+import type { EmbeddedEngine } from './pglite-thread.js';
 
 export class PGliteDialect implements Dialect {
-  readonly #pglite: PGlite;
+  readonly #engine: EmbeddedEngine;
 
-  constructor(pglite: PGlite) {
-    this.#pglite = pglite;
+  constructor(engine: EmbeddedEngine) {
+    this.#engine = engine;
   }
 
   createAdapter() {
@@ -29,7 +30,7 @@ export class PGliteDialect implements Dialect {
   }
 
   createDriver(): Driver {
-    return new PGliteDriver(this.#pglite);
+    return new PGliteDriver(this.#engine);
   }
 
   createIntrospector(db: Kysely<unknown>) {
@@ -45,8 +46,8 @@ class PGliteDriver implements Driver {
   readonly #connection: PGliteConnection;
   #queue: Promise<void> = Promise.resolve();
 
-  constructor(pglite: PGlite) {
-    this.#connection = new PGliteConnection(pglite);
+  constructor(engine: EmbeddedEngine) {
+    this.#connection = new PGliteConnection(engine);
   }
 
   async init(): Promise<void> {}
@@ -82,15 +83,15 @@ class PGliteDriver implements Driver {
 }
 
 class PGliteConnection implements DatabaseConnection {
-  readonly #pglite: PGlite;
+  readonly #engine: EmbeddedEngine;
   release: (() => void) | undefined;
 
-  constructor(pglite: PGlite) {
-    this.#pglite = pglite;
+  constructor(engine: EmbeddedEngine) {
+    this.#engine = engine;
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    const result = await this.#pglite.query<R>(compiledQuery.sql, [...compiledQuery.parameters]);
+    const result = await this.#engine.query<R>(compiledQuery.sql, compiledQuery.parameters);
     return {
       rows: result.rows,
       ...(result.affectedRows !== undefined ? { numAffectedRows: BigInt(result.affectedRows) } : {}),
