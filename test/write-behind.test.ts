@@ -99,6 +99,20 @@ describe('WriteBehind', () => {
     expect(store.batches).toEqual([[1, 2]]);
   });
 
+  it('writes a full batch at once, but gathers a partial one for the interval instead of writing it straight after', async () => {
+    const store = fakeStore();
+    const { q } = queue(store, { batchSize: 10, flushIntervalMs: 300 });
+    for (const i of range(0, 12)) q.push(i);
+    await waitFor(() => store.batches.length === 1);
+    expect(store.batches[0]).toEqual(range(0, 10));
+    // Two items wait: items pushed meanwhile join them rather than each going in a statement of its own.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    q.push(12);
+    expect(store.batches).toHaveLength(1);
+    await waitFor(() => store.written.length === 13);
+    expect(store.batches).toEqual([range(0, 10), [10, 11, 12]]);
+  });
+
   it('retries in order while the database is away, loses nothing, and reports retrying then recovered', async () => {
     const store = fakeStore();
     store.away = true;

@@ -280,8 +280,12 @@ export class WriteBehind<T> {
           }
         }
       }
-      // After a refused batch the split halves are tried at once: the database is there.
-      if (this.#items.length > 0 && (!this.#closed || refused)) this.#schedule(0);
+      // After a refused batch the split halves are tried at once: the database is there. A full
+      // batch waiting goes at once too; a partial one waits out the interval to gather more, so a
+      // fast database is not kept busy with many small statements (each has a fixed cost).
+      if (this.#items.length > 0 && (!this.#closed || refused)) {
+        this.#schedule(refused || this.#items.length >= this.#options.batchSize ? 0 : this.#options.flushIntervalMs);
+      }
     } catch (err) {
       // Back off: 100 ms doubling to 5 s, while items stay queued in order.
       if (!this.#closed) this.#schedule(Math.min(5_000, 100 * 2 ** Math.min(this.#attempt, 6)));
