@@ -12,9 +12,15 @@ interface Family {
   values: Map<string, { labels: Labels; value: number }>;
 }
 
+/** A label value escaped for the exposition format (most need nothing: counted on the request path). */
+function escapeLabel(value: string): string {
+  return /[\\"\n]/.test(value) ? value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') : value;
+}
+
 function labelText(labels: Labels): string {
-  const pairs = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`);
-  return pairs.length ? `{${pairs.join(',')}}` : '';
+  let text = '';
+  for (const name in labels) text += `${text ? ',' : ''}${name}="${escapeLabel(labels[name] as string)}"`;
+  return text ? `{${text}}` : '';
 }
 
 export class Metrics {

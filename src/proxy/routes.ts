@@ -21,7 +21,7 @@ import { DecryptError, type KeyRing } from '../store/crypto.js';
 import type { Metrics } from '../monitor/metrics.js';
 import { type StreamEnd, clientHeaders, passThrough, toWebHeaders, upstreamHeaders } from './forward.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
-import { type Upstream, classifyUpstreamError } from './upstream.js';
+import { type Upstream, UpstreamAbort, classifyUpstreamError } from './upstream.js';
 import { UsageMeter } from './usage.js';
 import { payloadTooLarge } from '../security/body-limit.js';
 import { parseJsonBody } from '../security/json.js';
@@ -134,7 +134,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
 
     let maxTokens = DEFAULT_MAX_TOKENS;
     // Watch for the client going away from the start: a call it abandons must not go upstream.
-    const abort = new AbortController();
+    const abort = new UpstreamAbort();
     const stopWatching = onClientGone(c, () => abort.abort());
     if (spec.body !== 'none') {
       // The body-limit layer chose the cap for this path; counted while reading, never buffered past it.
@@ -229,18 +229,18 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     const incomingHeaders = requestHeaderPairs(c);
     let dispatched = false;
     const send = async (using: UpstreamCredential) => {
-      if (!abort.signal.aborted) dispatched = true;
+      if (!abort.aborted) dispatched = true;
       try {
         return await upstream.send({
           method: c.req.method,
           path: `${url.pathname}${url.search}`,
           headers: upstreamHeaders(incomingHeaders, using),
           body,
-          signal: abort.signal,
+          signal: abort,
         });
       } catch (err) {
         stopWatching();
-        if (abort.signal.aborted) return undefined;
+        if (abort.aborted) return undefined;
         const failure = classifyUpstreamError(err);
         row.errorType = failure.cause;
         return fail(new ApiError(failure.code, failure.message));
@@ -256,7 +256,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       credential = again.credential;
       response = await send(credential);
     }
-    if (!response || abort.signal.aborted) {
+    if (!response || abort.aborted) {
       // The client left before upstream answered. If the call went out, upstream may have
       // counted its input; if it never left, nothing is charged.
       if (estimated && dispatched) row.inputTokens = estimated.inputTokens;

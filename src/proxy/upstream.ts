@@ -3,6 +3,7 @@
  * first-byte and idle timeouts, and a classification of transport failures into the statuses
  * a client should see (502 for a failed connection, 504 for a timeout). Node-specific.
  */
+import { EventEmitter } from 'node:events';
 import { type Dispatcher, Pool, errors } from 'undici';
 
 export interface UpstreamOptions {
@@ -22,7 +23,22 @@ export interface UpstreamRequest {
   path: string;
   headers: Record<string, string>;
   body?: Uint8Array | undefined;
-  signal?: AbortSignal;
+  signal?: UpstreamAbort;
+}
+
+/**
+ * Cancels one upstream request. undici takes an EventEmitter with `aborted` and an 'abort'
+ * event as a signal; one per proxied call costs far less than an AbortController (an
+ * EventTarget, with its abort-listener bookkeeping).
+ */
+export class UpstreamAbort extends EventEmitter {
+  aborted = false;
+
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.emit('abort');
+  }
 }
 
 export type UpstreamFailure = { code: 'upstream_error' | 'upstream_timeout'; message: string; cause: string };
