@@ -13,7 +13,7 @@
  * is exactly what the operator must see, so the switch is made here.)
  */
 import { RateLimiterMemory, RateLimiterRedis, type RateLimiterAbstract, type RateLimiterRes } from 'rate-limiter-flexible';
-import { createClient } from 'redis';
+import type { createClient } from 'redis';
 
 /** A limit: at most `points` per `durationSeconds`. `name` names the counter; treat rules as immutable. */
 export interface RateLimitRule {
@@ -329,8 +329,10 @@ export async function createRateLimiter(options: CreateRateLimiterOptions = {}):
     if (!Number.isFinite(value) || value <= 0) throw new Error(`createRateLimiter: ${name} must be > 0`);
   }
 
+  // Loaded only here: a deployment without Redis does not carry its client in memory.
+  const redis = await import('redis');
   let degraded = false;
-  const client: RedisClient = createClient({
+  const client: RedisClient = redis.createClient({
     url: redisUrl,
     // Commands fail at once while disconnected instead of piling up until Redis returns.
     disableOfflineQueue: true,

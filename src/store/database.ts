@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Kysely, PostgresDialect, sql } from 'kysely';
-import pg from 'pg';
+import type { Pool } from 'pg';
 import { lockEmbeddedDatabase } from './data-dir.js';
 import { PGliteDialect } from './pglite-dialect.js';
 import { PGliteThread } from './pglite-thread.js';
@@ -120,7 +120,9 @@ async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise
 }
 
 async function openPostgres(url: string, schema: string, onPoolError?: (err: Error) => void): Promise<Database> {
-  const pool = new pg.Pool({
+  // Loaded only here: the embedded database's deployments do not carry the driver in memory.
+  const { default: pg } = await import('pg');
+  const pool: Pool = new pg.Pool({
     connectionString: url,
     max: 10,
     connectionTimeoutMillis: 5_000,
