@@ -93,6 +93,29 @@ describe('Anthropic proxy', () => {
     expect(viaBulwark).toContain('event: message_stop');
   });
 
+  it('sends a JSON answer byte for byte in one piece with its Content-Length, and streams one past the hold size', async () => {
+    const init = (apiKey: string, body: unknown) => ({
+      method: 'POST',
+      headers: { 'x-api-key': apiKey, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const normalise = (text: string) => text.replace(/msg_[A-Za-z0-9]+/g, 'msg_X');
+    const small = await fetch(`${b.publicUrl}/v1/messages`, init(key, MESSAGE));
+    const smallText = await small.text();
+    expect(small.headers.get('content-length')).toBe(String(Buffer.byteLength(smallText)));
+    expect(normalise(smallText)).toBe(normalise(await (await fetch(`${upstream.url}/v1/messages`, init(upstreamKey, MESSAGE))).text()));
+
+    // About 1.2 MB of echoed words: more than is held, so it goes out as it arrives (chunked).
+    const words = Array.from({ length: 30_000 }, (_, i) => `w${i}`.padEnd(40, 'x')).join(' ');
+    const big = { ...MESSAGE, max_tokens: 30_000, messages: [{ role: 'user' as const, content: words }] };
+    const large = await fetch(`${b.publicUrl}/v1/messages`, init(key, big));
+    const largeText = await large.text();
+    expect(large.status).toBe(200);
+    expect(large.headers.get('content-length')).toBeNull();
+    expect(largeText.length).toBeGreaterThan(1024 * 1024);
+    expect(normalise(largeText)).toBe(normalise(await (await fetch(`${upstream.url}/v1/messages`, init(upstreamKey, big))).text()));
+  });
+
   it('serves the same stream in process, through web streams, where there is no Node socket', async () => {
     const init = { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify({ ...MESSAGE, stream: true }) };
     const inProcess = await (await b.publicApp.request('/v1/messages', init)).text();

@@ -110,12 +110,18 @@ export interface NodeRelayOptions {
   errorEvent: ((error: unknown) => Uint8Array) | undefined;
   onEnd: (end: StreamEnd) => void;
   abortUpstream: () => void;
+  /**
+   * Up to this many bytes, the body is held and sent whole with its headers and a
+   * Content-Length: one write instead of three (headers, body, chunked terminator). For
+   * answers that are read whole anyway (JSON); 0 streams each chunk as it comes (SSE).
+   */
+  holdBytes: number;
 }
 
 /** Relays the upstream body to the client's socket and tells Hono the response is sent. */
 export function relay(c: Context, options: NodeRelayOptions): Response {
   const outgoing = bindings(c).outgoing as ServerResponse;
-  const { status, headers, body, onChunk, errorEvent, onEnd, abortUpstream, stallTimeoutMs } = options;
+  const { status, headers, body, onChunk, errorEvent, onEnd, abortUpstream, stallTimeoutMs, holdBytes } = options;
   let ended = false;
   let stall: NodeJS.Timeout | undefined;
   const end = (how: StreamEnd) => {
@@ -137,18 +143,37 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
   // SSE responses go out whole events at a time, so an error event after an upstream failure
   // never lands inside a half-sent event.
   const framer = errorEvent ? new SseFramer() : undefined;
-  outgoing.writeHead(status, headers);
-  // Headers go out at once: an SSE client starts reading before the first event.
-  outgoing.flushHeaders();
+  let held: Buffer[] | undefined = holdBytes > 0 ? [] : undefined;
+  let heldSize = 0;
+  const sendHeaders = () => {
+    outgoing.writeHead(status, headers);
+    // Headers go out at once: an SSE client starts reading before the first event.
+    outgoing.flushHeaders();
+  };
+  if (!held) sendHeaders();
 
-  body.on('data', (chunk: Buffer) => {
-    const ready = framer ? framer.push(chunk) : chunk;
+  const send = (ready: Buffer) => {
     if (ready.byteLength > 0 && !outgoing.write(ready)) {
       body.pause();
       // Backpressure, but not forever: a reader that stalls holds an upstream connection.
       stall = setTimeout(() => outgoing.destroy(), stallTimeoutMs);
       stall.unref();
     }
+  };
+  body.on('data', (chunk: Buffer) => {
+    if (held) {
+      held.push(chunk);
+      heldSize += chunk.byteLength;
+      onChunk(chunk);
+      if (heldSize <= holdBytes) return;
+      // Larger than expected: stream from here on.
+      const sofar = Buffer.concat(held);
+      held = undefined;
+      sendHeaders();
+      send(sofar);
+      return;
+    }
+    send(framer ? framer.push(chunk) : chunk);
     onChunk(chunk);
   });
   outgoing.on('drain', () => {
@@ -156,6 +181,14 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
     body.resume();
   });
   body.on('end', () => {
+    if (held) {
+      const whole = held.length === 1 ? (held[0] as Buffer) : Buffer.concat(held);
+      held = undefined;
+      outgoing.writeHead(status, { ...headers, 'content-length': String(whole.byteLength) });
+      outgoing.end(whole);
+      end({ kind: 'complete' });
+      return;
+    }
     const rest = framer?.flush();
     outgoing.end(rest && rest.byteLength > 0 ? rest : undefined);
     end({ kind: 'complete' });

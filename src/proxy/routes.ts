@@ -65,6 +65,8 @@ interface Forward {
 const encoder = new TextEncoder();
 /** Anthropic's own limit for a Messages request. */
 const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
+/** A non-streaming answer up to this size goes to the client in one write, with a Content-Length. */
+const HOLD_JSON_BYTES = 1024 * 1024;
 /** Reserved for output when a request names no max_tokens (upstream will refuse it anyway). */
 const DEFAULT_MAX_TOKENS = 4096;
 
@@ -318,6 +320,8 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
         errorEvent: sse ? streamErrorEvent : undefined,
         onEnd,
         abortUpstream: () => abort.abort(),
+        // A JSON answer is sent whole (it is read whole anyway); no body may carry a length on HEAD, 204 or 304.
+        holdBytes: sse || c.req.method === 'HEAD' || status === 204 || status === 304 ? 0 : HOLD_JSON_BYTES,
       });
     }
     const stream = passThrough({ body: response.body, meter, capture, sse, abortUpstream: () => abort.abort(), streamErrorEvent, onEnd });
