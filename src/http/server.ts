@@ -67,6 +67,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
       dataDir: config.dataDir,
       schema: config.database.schema,
       onPoolError: (err) => logger.warn({ error: err.message }, 'database connection lost'),
+      onEngineStopped: (err) => logger.error({ error: err.message }, 'the embedded database stopped; every query fails until Bulwark is restarted (queued writes are retried, then spooled)'),
     });
     await database.ping();
   } catch (err) {

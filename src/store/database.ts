@@ -39,6 +39,8 @@ export interface OpenDatabaseOptions {
   memory?: boolean;
   /** Called with errors from idle pool clients, which would otherwise crash the process. */
   onPoolError?: (err: Error) => void;
+  /** Called if the embedded engine's thread stops while the database is open (every query then fails). */
+  onEngineStopped?: (err: Error) => void;
 }
 
 /**
@@ -97,7 +99,7 @@ async function openPGlite(options: OpenDatabaseOptions, schema: string): Promise
   let engine: PGliteThread;
   try {
     if (dir) await initialiseEmbedded(dir);
-    engine = await PGliteThread.start({ dir, extraStartParams: EMBEDDED_EXTRA_START_PARAMS, schema });
+    engine = await PGliteThread.start({ dir, extraStartParams: EMBEDDED_EXTRA_START_PARAMS, schema, onStopped: options.onEngineStopped });
   } catch (err) {
     release();
     throw err;

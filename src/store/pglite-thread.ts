@@ -28,6 +28,8 @@ export interface EmbeddedOptions {
   extraStartParams: readonly string[];
   /** A schema other than `public` is created and put on the search path. */
   schema: string;
+  /** Called once if the thread stops other than through `close()` (a crash, an out-of-memory end). */
+  onStopped?: ((reason: Error) => void) | undefined;
 }
 
 /** Own properties a PostgreSQL error carries (code, detail, constraint, …); parameters are left out. */
@@ -93,7 +95,7 @@ export class PGliteThread implements EmbeddedEngine {
   #stopped: Error | undefined;
   #closing = false;
 
-  private constructor(worker: Worker) {
+  private constructor(worker: Worker, onStopped: EmbeddedOptions['onStopped']) {
     this.#worker = worker;
     worker.on('message', (reply: Reply) => {
       const waiter = this.#pending.get(reply.id);
@@ -103,6 +105,7 @@ export class PGliteThread implements EmbeddedEngine {
       waiter.resolve(reply);
     });
     const stop = (reason: Error) => {
+      if (!this.#stopped && !this.#closing) onStopped?.(reason);
       this.#stopped ??= reason;
       for (const waiter of this.#pending.values()) waiter.reject(this.#stopped);
       this.#pending.clear();
@@ -116,9 +119,12 @@ export class PGliteThread implements EmbeddedEngine {
     const modulePath = createRequire(import.meta.url).resolve('@electric-sql/pglite');
     const worker = new Worker(WORKER_SOURCE, {
       eval: true,
+      // The thread's own objects are few and short-lived (a batch's parameters, its answer); the
+      // default young generation, sized for a server's main thread, would keep tens of MB resident.
+      resourceLimits: { maxYoungGenerationSizeMb: 8 },
       workerData: { modulePath, dir: options.dir, extraStartParams: [...options.extraStartParams], schema: options.schema },
     });
-    const thread = new PGliteThread(worker);
+    const thread = new PGliteThread(worker, options.onStopped);
     // Id 0 is the start-up report.
     const ready = await thread.#await(0);
     if ('error' in ready) {
