@@ -169,7 +169,9 @@ export async function startBulwark(options: BulwarkOptions): Promise<BulwarkStar
     ...(options.storeBodies ? { BULWARK_STORE_BODIES: 'true' } : {}),
     ...(options.database ? { DATABASE_URL: options.database.url, BULWARK_DATABASE_SCHEMA: options.database.schema } : {}),
   });
-  const child = track(spawn(process.execPath, [CLI, 'serve'], { cwd: REPO_ROOT, env, stdio: ['ignore', 'inherit', 'pipe'] }));
+  // BENCH_BULWARK_NODE_ARGS: Node flags for the server alone, e.g. a CPU profile of it under load.
+  const nodeArgs = process.env.BENCH_BULWARK_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+  const child = track(spawn(process.execPath, [...nodeArgs, CLI, 'serve'], { cwd: REPO_ROOT, env, stdio: ['ignore', 'inherit', 'pipe'] }));
   // Under load a failing request logs a line each; count them and keep the last few rather than
   // flood the terminal, and keep the raw tail to explain a refusal at start.
   let stderr = '';
