@@ -49,6 +49,10 @@ describe('PGliteThread', () => {
     await expect(db.query('select 1', [])).rejects.toThrow(/embedded database stopped/);
   });
 
+  it('refuses a schema name that is not a plain identifier, before any SQL runs', async () => {
+    await expect(PGliteThread.start({ dir: undefined, extraStartParams: [], schema: 'x; drop table t' })).rejects.toThrow(/not a lower-case SQL identifier/);
+  });
+
   it('puts a schema other than public on the search path', async () => {
     const db = await PGliteThread.start({ dir: undefined, extraStartParams: [], schema: 'tenant_x' });
     engines.push(db);

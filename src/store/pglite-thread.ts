@@ -116,6 +116,8 @@ export class PGliteThread implements EmbeddedEngine {
 
   /** Starts the engine and resolves once it answers queries. */
   static async start(options: EmbeddedOptions): Promise<PGliteThread> {
+    // The schema is written into SQL on the thread: only a plain lower-case identifier.
+    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(options.schema)) throw new Error(`schema: '${options.schema}' is not a lower-case SQL identifier`);
     const modulePath = createRequire(import.meta.url).resolve('@electric-sql/pglite');
     const worker = new Worker(WORKER_SOURCE, {
       eval: true,
