@@ -230,6 +230,22 @@ describe('Anthropic proxy', () => {
     expect(row?.error_type).not.toBeNull();
   });
 
+  it('answers 502 api_error when upstream breaks off a JSON answer before its end, and records it', async () => {
+    upstream.fault = { kind: 'reset-body', afterBytes: 40 };
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify(MESSAGE) });
+    expect(response.status).toBe(502);
+    const body = (await response.json()) as { type: string; error: { type: string; message: string }; request_id: string };
+    expect(body).toMatchObject({ type: 'error', error: { type: 'api_error' } });
+    expect(body.error.message).toMatch(/broke off/);
+    expect(body.request_id).toBe(response.headers.get('x-request-id'));
+    const row = (await rows(b)).at(-1);
+    expect(row).toMatchObject({ status: 502, stream: false });
+    expect(row?.error_type).not.toBeNull();
+    // The SDK sees an APIError it can retry, not a dropped connection.
+    upstream.fault = { kind: 'reset-body', afterBytes: 40 };
+    await expect(client.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.InternalServerError);
+  });
+
   it('ends a stream that goes silent with an SSE error event after the idle timeout', async () => {
     upstream.fault = { kind: 'stall-stream', afterEvents: 2 };
     const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify({ ...MESSAGE, stream: true }) });

@@ -645,6 +645,17 @@ describe('faults', () => {
     expect((await post('/v1/messages', messageBody({ stream: true }))).status).toBe(200);
   });
 
+  it('reset-body: sends the start of a JSON answer under its full Content-Length, then destroys the socket', async () => {
+    standIn.fault = { kind: 'reset-body', afterBytes: 20 };
+    const response = await post('/v1/messages', messageBody());
+    expect(response.status).toBe(200);
+    expect(Number(response.headers.get('content-length'))).toBeGreaterThan(20);
+    const { text, outcome } = await readChunks(response);
+    expect(outcome).toBe('error');
+    expect(text).toHaveLength(20);
+    expect((await post('/v1/messages', messageBody())).status).toBe(200);
+  });
+
   it('refuse-oauth: answers 400 invalid_grant without spending the refresh token', async () => {
     standIn.refreshTokens.add('rt-keep');
     standIn.fault = { kind: 'refuse-oauth' };

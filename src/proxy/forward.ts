@@ -108,7 +108,8 @@ export function toWebHeaders(headers: Record<string, string | string[]>): Header
 export type StreamEnd =
   | { kind: 'complete' }
   | { kind: 'client_disconnected' }
-  | { kind: 'upstream_failed'; error: unknown };
+  /** `answered`: the status Bulwark sent instead, when upstream failed before any byte went out. */
+  | { kind: 'upstream_failed'; error: unknown; answered?: number };
 
 export interface PassThroughOptions {
   body: Readable;

@@ -116,12 +116,14 @@ export interface NodeRelayOptions {
    * answers that are read whole anyway (JSON); 0 streams each chunk as it comes (SSE).
    */
   holdBytes: number;
+  /** The answer when upstream fails while the body is still held, before anything was sent. */
+  failedBeforeSending: (error: unknown) => { status: number; headers: Record<string, string>; body: Uint8Array };
 }
 
 /** Relays the upstream body to the client's socket and tells Hono the response is sent. */
 export function relay(c: Context, options: NodeRelayOptions): Response {
   const outgoing = bindings(c).outgoing as ServerResponse;
-  const { status, headers, body, onChunk, errorEvent, onEnd, abortUpstream, stallTimeoutMs, holdBytes } = options;
+  const { status, headers, body, onChunk, errorEvent, onEnd, abortUpstream, stallTimeoutMs, holdBytes, failedBeforeSending } = options;
   let ended = false;
   let stall: NodeJS.Timeout | undefined;
   const end = (how: StreamEnd) => {
@@ -195,6 +197,15 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
   });
   body.on('error', (error: Error) => {
     if (ended) return;
+    if (held && !outgoing.destroyed) {
+      // Nothing went out yet: the client gets a proper error instead of a cut connection.
+      held = undefined;
+      const answer = failedBeforeSending(error);
+      outgoing.writeHead(answer.status, { ...answer.headers, 'content-length': String(answer.body.byteLength) });
+      outgoing.end(answer.body);
+      end({ kind: 'upstream_failed', error, answered: answer.status });
+      return;
+    }
     if (errorEvent && !outgoing.destroyed) {
       outgoing.end(errorEvent(error)); // the partial event the framer holds is dropped
     } else {

@@ -10,7 +10,7 @@ import type { AuditEventInput } from '../audit/log.js';
 import { requireScope } from '../auth/middleware.js';
 import { clientIp, requestPath } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
-import { ApiError, anthropicErrorBody } from '../http/errors.js';
+import { ANTHROPIC_ERROR_TYPE, ApiError, ERROR_STATUS, anthropicErrorBody } from '../http/errors.js';
 import type { CredentialRecord, UpstreamCredential } from './credentials.js';
 import type { Principal } from '../auth/principal.js';
 import { type BudgetLedger, type Price, type PriceTable, type Reservation, type Subject, costOf, modelAllowed, priceFor, totalTokens } from './limits.js';
@@ -303,7 +303,11 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       row.cacheReadInputTokens = usage.cacheReadInputTokens;
       row.firstTokenMs = usage.firstTokenMs;
       if (end.kind === 'client_disconnected') return finish(status, 'client_disconnected');
-      if (end.kind === 'upstream_failed') return finish(status, classifyUpstreamError(end.error).cause);
+      if (end.kind === 'upstream_failed') {
+        // Bulwark answered in upstream's place: the row has its status, and no upstream body is stored.
+        if (end.answered !== undefined) isBulwarkAnswer = true;
+        return finish(end.answered ?? status, classifyUpstreamError(end.error).cause);
+      }
       finish(status, usage.errorType);
     };
     c.set('sentStatus', status);
@@ -322,6 +326,12 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
         abortUpstream: () => abort.abort(),
         // A JSON answer is sent whole (it is read whole anyway); no body may carry a length on HEAD, 204 or 304.
         holdBytes: sse || c.req.method === 'HEAD' || status === 204 || status === 304 ? 0 : HOLD_JSON_BYTES,
+        failedBeforeSending: (error) => {
+          const failure = classifyUpstreamError(error);
+          const message = failure.code === 'upstream_timeout' ? failure.message : 'The upstream connection broke off before the answer was complete.';
+          const body = encoder.encode(JSON.stringify(anthropicErrorBody(ANTHROPIC_ERROR_TYPE[failure.code], message, c.get('requestId'))));
+          return { status: ERROR_STATUS[failure.code], headers: { 'content-type': 'application/json', 'x-request-id': c.get('requestId'), ...reservation.headers }, body };
+        },
       });
     }
     const stream = passThrough({ body: response.body, meter, capture, sse, abortUpstream: () => abort.abort(), streamErrorEvent, onEnd });

@@ -2,7 +2,8 @@
  * A local stand-in for the Anthropic API, on loopback only, speaking the real wire format so that
  * Bulwark's proxy can be tested without reaching Anthropic: the Messages API (JSON and SSE),
  * token counting, the Models API, the OAuth refresh grant used by Claude subscriptions, and
- * injectable faults (error statuses, slow headers, stalled and reset streams, refused refreshes).
+ * injectable faults (error statuses, slow headers, stalled and reset streams, JSON answers cut
+ * off mid-body, refused refreshes).
  *
  * Wire details follow Anthropic's documentation and the official TypeScript SDK's captured
  * fixtures:
@@ -96,6 +97,8 @@ export type Fault =
   | { kind: 'delay-headers'; ms: number; times?: number }
   | { kind: 'stall-stream'; afterEvents: number; times?: number }
   | { kind: 'reset-stream'; afterEvents: number; times?: number }
+  /** A non-streaming answer: headers (with the full Content-Length), the first `afterBytes` bytes, then the socket is destroyed. */
+  | { kind: 'reset-body'; afterBytes: number; times?: number }
   | { kind: 'refuse-oauth'; times?: number };
 
 export interface StandIn {
@@ -650,7 +653,7 @@ export async function startAnthropicStandIn(options: StandInOptions = {}): Promi
   }
 
   /** Resolves once `chunk` is flushed to the socket, or the response is gone (then false). */
-  function writeFlushed(res: ServerResponse, chunk: string): Promise<boolean> {
+  function writeFlushed(res: ServerResponse, chunk: string | Uint8Array): Promise<boolean> {
     if (isGone(res)) return Promise.resolve(false);
     return new Promise((resolve) => {
       const onClose = () => resolve(false);
@@ -702,16 +705,17 @@ export async function startAnthropicStandIn(options: StandInOptions = {}): Promi
     const usage = usageFor(request, outputTokensOf(reply));
     const id = anthropicId('msg');
     if (!request.stream) {
-      return sendJson(res, 200, {
-        id,
-        type: 'message',
-        role: 'assistant',
-        model: request.model,
-        content: contentOf(reply),
-        stop_reason: reply.stopReason,
-        stop_sequence: null,
-        usage,
-      });
+      const message = { id, type: 'message', role: 'assistant', model: request.model, content: contentOf(reply), stop_reason: reply.stopReason, stop_sequence: null, usage };
+      const cut = takeFault('reset-body');
+      if (cut) {
+        const text = Buffer.from(JSON.stringify(message));
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': text.byteLength });
+        await writeFlushed(res, text.subarray(0, cut.afterBytes));
+        resetResponses.add(res);
+        res.socket?.destroy();
+        return;
+      }
+      return sendJson(res, 200, message);
     }
 
     const streamFault = takeFault('stall-stream', 'reset-stream');
