@@ -246,6 +246,14 @@ describe('Anthropic proxy', () => {
     await expect(client.messages.create(MESSAGE)).rejects.toBeInstanceOf(Anthropic.InternalServerError);
   });
 
+  it('answers 504 api_error when upstream goes silent in the middle of a JSON answer', async () => {
+    upstream.fault = { kind: 'stall-body', afterBytes: 40 };
+    const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify(MESSAGE) });
+    expect(response.status).toBe(504);
+    expect(await response.json()).toMatchObject({ type: 'error', error: { type: 'api_error', message: 'The upstream API stopped sending.' } });
+    expect((await rows(b)).at(-1)).toMatchObject({ status: 504, error_type: 'idle_timeout' });
+  });
+
   it('ends a stream that goes silent with an SSE error event after the idle timeout', async () => {
     upstream.fault = { kind: 'stall-stream', afterEvents: 2 };
     const response = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: JSON.stringify({ ...MESSAGE, stream: true }) });

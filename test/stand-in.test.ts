@@ -656,6 +656,13 @@ describe('faults', () => {
     expect((await post('/v1/messages', messageBody())).status).toBe(200);
   });
 
+  it('stall-body: sends the start of a JSON answer, then nothing, with the socket open', async () => {
+    standIn.fault = { kind: 'stall-body', afterBytes: 20 };
+    const { text, outcome } = await readChunks(await post('/v1/messages', messageBody()), 300);
+    expect(outcome).toBe('silent');
+    expect(text).toHaveLength(20);
+  });
+
   it('refuse-oauth: answers 400 invalid_grant without spending the refresh token', async () => {
     standIn.refreshTokens.add('rt-keep');
     standIn.fault = { kind: 'refuse-oauth' };

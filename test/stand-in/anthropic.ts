@@ -2,7 +2,7 @@
  * A local stand-in for the Anthropic API, on loopback only, speaking the real wire format so that
  * Bulwark's proxy can be tested without reaching Anthropic: the Messages API (JSON and SSE),
  * token counting, the Models API, the OAuth refresh grant used by Claude subscriptions, and
- * injectable faults (error statuses, slow headers, stalled and reset streams, JSON answers cut
+ * injectable faults (error statuses, slow headers, stalled and reset streams, JSON answers stalled or cut
  * off mid-body, refused refreshes).
  *
  * Wire details follow Anthropic's documentation and the official TypeScript SDK's captured
@@ -99,6 +99,8 @@ export type Fault =
   | { kind: 'reset-stream'; afterEvents: number; times?: number }
   /** A non-streaming answer: headers (with the full Content-Length), the first `afterBytes` bytes, then the socket is destroyed. */
   | { kind: 'reset-body'; afterBytes: number; times?: number }
+  /** The same, but then silence with the socket left open. */
+  | { kind: 'stall-body'; afterBytes: number; times?: number }
   | { kind: 'refuse-oauth'; times?: number };
 
 export interface StandIn {
@@ -706,11 +708,12 @@ export async function startAnthropicStandIn(options: StandInOptions = {}): Promi
     const id = anthropicId('msg');
     if (!request.stream) {
       const message = { id, type: 'message', role: 'assistant', model: request.model, content: contentOf(reply), stop_reason: reply.stopReason, stop_sequence: null, usage };
-      const cut = takeFault('reset-body');
+      const cut = takeFault('reset-body', 'stall-body');
       if (cut) {
         const text = Buffer.from(JSON.stringify(message));
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': text.byteLength });
         await writeFlushed(res, text.subarray(0, cut.afterBytes));
+        if (cut.kind === 'stall-body') return; // Silent from here on; the socket stays open.
         resetResponses.add(res);
         res.socket?.destroy();
         return;
