@@ -2,8 +2,8 @@
  * A local stand-in for the Anthropic API, on loopback only, speaking the real wire format so that
  * Bulwark's proxy can be tested without reaching Anthropic: the Messages API (JSON and SSE),
  * token counting, the Models API, the OAuth refresh grant used by Claude subscriptions, and
- * injectable faults (error statuses, slow headers, stalled and reset streams, JSON answers stalled or cut
- * off mid-body, refused refreshes).
+ * injectable faults (error statuses, slow headers, stalled and reset streams, JSON answers
+ * stalled or cut off mid-body, refused refreshes).
  *
  * Wire details follow Anthropic's documentation and the official TypeScript SDK's captured
  * fixtures:
