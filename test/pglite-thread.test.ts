@@ -42,6 +42,12 @@ describe('PGliteThread', () => {
     expect((await db.query('select count(*)::int as n from u', [])).rows).toEqual([{ n: 1 }]);
   });
 
+  it('fails a query whose parameter cannot be sent, and the next query still runs', async () => {
+    const db = await engine();
+    await expect(db.query('select $1::text as v', [() => 'not data'])).rejects.toThrow(/cannot be sent to the embedded database/);
+    expect((await db.query('select $1::text as v', ['data'])).rows).toEqual([{ v: 'data' }]);
+  });
+
   it('answers queries after close with an error instead of leaving them waiting', async () => {
     const db = await PGliteThread.start({ dir: undefined, extraStartParams: [], schema: 'public' });
     await db.close();

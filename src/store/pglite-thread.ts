@@ -97,13 +97,7 @@ export class PGliteThread implements EmbeddedEngine {
 
   private constructor(worker: Worker, onStopped: EmbeddedOptions['onStopped']) {
     this.#worker = worker;
-    worker.on('message', (reply: Reply) => {
-      const waiter = this.#pending.get(reply.id);
-      if (!waiter) return;
-      this.#pending.delete(reply.id);
-      if (this.#pending.size === 0 && !this.#closing) worker.unref();
-      waiter.resolve(reply);
-    });
+    worker.on('message', (reply: Reply) => this.#settle(reply.id, reply));
     const stop = (reason: Error) => {
       if (!this.#stopped && !this.#closing) onStopped?.(reason);
       this.#stopped ??= reason;
@@ -143,7 +137,14 @@ export class PGliteThread implements EmbeddedEngine {
   async query<R>(sql: string, params: readonly unknown[]): Promise<EmbeddedQueryResult<R>> {
     const id = this.#nextId++;
     const reply = this.#await(id);
-    if (!this.#stopped) this.#worker.postMessage({ id, op: 'query', sql, params });
+    if (!this.#stopped) {
+      try {
+        this.#worker.postMessage({ id, op: 'query', sql, params });
+      } catch (err) {
+        // A parameter that cannot be cloned (a function, a symbol): this query fails, nothing waits for it.
+        this.#settle(id, { id, error: { message: `a query parameter cannot be sent to the embedded database: ${(err as Error).message}`, name: 'TypeError' } });
+      }
+    }
     const answer = await reply;
     if ('error' in answer) throw toError(answer.error);
     return { rows: answer.rows as R[], affectedRows: answer.affectedRows };
@@ -162,6 +163,14 @@ export class PGliteThread implements EmbeddedEngine {
     const answer = await reply;
     await exited;
     if ('error' in answer) throw toError(answer.error);
+  }
+
+  #settle(id: number, reply: Reply): void {
+    const waiter = this.#pending.get(id);
+    if (!waiter) return;
+    this.#pending.delete(id);
+    if (this.#pending.size === 0 && !this.#closing) this.#worker.unref();
+    waiter.resolve(reply);
   }
 
   /**
