@@ -94,12 +94,14 @@ export class PGliteThread implements EmbeddedEngine {
   #nextId = 1;
   #stopped: Error | undefined;
   #closing = false;
+  /** Set once the engine answered its start-up: a failure before that is the start's error, not a stop. */
+  #ready = false;
 
   private constructor(worker: Worker, onStopped: EmbeddedOptions['onStopped']) {
     this.#worker = worker;
     worker.on('message', (reply: Reply) => this.#settle(reply.id, reply));
     const stop = (reason: Error) => {
-      if (!this.#stopped && !this.#closing) onStopped?.(reason);
+      if (this.#ready && !this.#stopped && !this.#closing) onStopped?.(reason);
       this.#stopped ??= reason;
       for (const waiter of this.#pending.values()) waiter.reject(this.#stopped);
       this.#pending.clear();
@@ -127,6 +129,7 @@ export class PGliteThread implements EmbeddedEngine {
       await worker.terminate();
       throw toError(ready.error);
     }
+    thread.#ready = true;
     return thread;
   }
 
