@@ -4,11 +4,12 @@
  * win over the file. Unknown keys and wrong types stop start-up, naming the setting.
  */
 import { z } from 'zod';
+import { SCHEMA_NAME } from '../store/schema-name.js';
 
 const port = z.number().int().min(0).max(65535);
 const nonEmpty = z.string().min(1);
 /** A PostgreSQL schema name we are willing to interpolate into `SET search_path`. */
-const identifier = z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier');
+const identifier = z.string().regex(SCHEMA_NAME, 'must be a lower-case SQL identifier');
 
 export const DEFAULT_OAUTH_TOKEN_URL = 'https://console.anthropic.com/v1/oauth/token';
 export const DEFAULT_OAUTH_CLIENT_ID = '9d1c250a-e61b-44d9-88ed-5944d1962f5e';

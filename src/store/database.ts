@@ -12,6 +12,7 @@ import type { Pool } from 'pg';
 import { lockEmbeddedDatabase } from './data-dir.js';
 import { PGliteDialect } from './pglite-dialect.js';
 import { PGliteThread } from './pglite-thread.js';
+import { assertSchemaName } from './schema-name.js';
 import type { Tables } from './tables.js';
 
 export type DatabaseKind = 'pglite' | 'postgres';
@@ -78,11 +79,9 @@ async function initialiseEmbedded(dir: string): Promise<void> {
   }
 }
 
-const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
-
 export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
   const schema = options.schema ?? 'public';
-  if (!SCHEMA_NAME.test(schema)) throw new Error(`schema: '${schema}' is not a lower-case SQL identifier`);
+  assertSchemaName(schema);
   return options.url ? openPostgres(options.url, schema, options.onPoolError) : openPGlite(options, schema);
 }
 

@@ -10,6 +10,7 @@
  */
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
+import { assertSchemaName } from './schema-name.js';
 
 export interface EmbeddedQueryResult<R> {
   rows: R[];
@@ -112,8 +113,8 @@ export class PGliteThread implements EmbeddedEngine {
 
   /** Starts the engine and resolves once it answers queries. */
   static async start(options: EmbeddedOptions): Promise<PGliteThread> {
-    // The schema is written into SQL on the thread: only a plain lower-case identifier.
-    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(options.schema)) throw new Error(`schema: '${options.schema}' is not a lower-case SQL identifier`);
+    // The schema is written into SQL on the thread.
+    assertSchemaName(options.schema);
     const modulePath = createRequire(import.meta.url).resolve('@electric-sql/pglite');
     const worker = new Worker(WORKER_SOURCE, {
       eval: true,
