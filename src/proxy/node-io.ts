@@ -153,6 +153,11 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
     outgoing.flushHeaders();
   };
   if (!held) sendHeaders();
+  /** Headers and a whole body in one write, for what was held. */
+  const sendWhole = (answerStatus: number, answerHeaders: Record<string, string | string[]>, whole: Uint8Array) => {
+    outgoing.writeHead(answerStatus, { ...answerHeaders, 'content-length': String(whole.byteLength) });
+    outgoing.end(whole);
+  };
 
   const send = (ready: Buffer) => {
     if (ready.byteLength > 0 && !outgoing.write(ready)) {
@@ -186,8 +191,7 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
     if (held) {
       const whole = held.length === 1 ? (held[0] as Buffer) : Buffer.concat(held);
       held = undefined;
-      outgoing.writeHead(status, { ...headers, 'content-length': String(whole.byteLength) });
-      outgoing.end(whole);
+      sendWhole(status, headers, whole);
       end({ kind: 'complete' });
       return;
     }
@@ -201,8 +205,7 @@ export function relay(c: Context, options: NodeRelayOptions): Response {
       // Nothing went out yet: the client gets a proper error instead of a cut connection.
       held = undefined;
       const answer = failedBeforeSending(error);
-      outgoing.writeHead(answer.status, { ...answer.headers, 'content-length': String(answer.body.byteLength) });
-      outgoing.end(answer.body);
+      sendWhole(answer.status, answer.headers, answer.body);
       end({ kind: 'upstream_failed', error, answered: answer.status });
       return;
     }

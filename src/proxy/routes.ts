@@ -286,10 +286,14 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     const meter = new UsageMeter(contentType, started);
     const status = response.statusCode;
     isBulwarkAnswer = false;
-    const streamErrorEvent = (error: unknown) => {
+    /** What the client is told of an upstream that failed mid-answer: a timeout as such, else `brokeOff`. */
+    const upstreamFailure = (error: unknown, brokeOff: string) => {
       const failure = classifyUpstreamError(error);
-      const message = failure.code === 'upstream_timeout' ? failure.message : 'The upstream connection broke off mid-stream.';
-      const event = anthropicErrorBody('api_error', message, c.get('requestId'));
+      const message = failure.code === 'upstream_timeout' ? failure.message : brokeOff;
+      return { status: ERROR_STATUS[failure.code], body: anthropicErrorBody(ANTHROPIC_ERROR_TYPE[failure.code], message, c.get('requestId')) };
+    };
+    const streamErrorEvent = (error: unknown) => {
+      const { body: event } = upstreamFailure(error, 'The upstream connection broke off mid-stream.');
       return encoder.encode(`event: error\ndata: ${JSON.stringify(event)}\n\n`);
     };
     const onEnd = (end: StreamEnd) => {
@@ -327,10 +331,9 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
         // A JSON answer is sent whole (it is read whole anyway); no body may carry a length on HEAD, 204 or 304.
         holdBytes: sse || c.req.method === 'HEAD' || status === 204 || status === 304 ? 0 : HOLD_JSON_BYTES,
         failedBeforeSending: (error) => {
-          const failure = classifyUpstreamError(error);
-          const message = failure.code === 'upstream_timeout' ? failure.message : 'The upstream connection broke off before the answer was complete.';
-          const body = encoder.encode(JSON.stringify(anthropicErrorBody(ANTHROPIC_ERROR_TYPE[failure.code], message, c.get('requestId'))));
-          return { status: ERROR_STATUS[failure.code], headers: { 'content-type': 'application/json', 'x-request-id': c.get('requestId'), ...reservation.headers }, body };
+          const { status: failedStatus, body: answer } = upstreamFailure(error, 'The upstream connection broke off before the answer was complete.');
+          const answerHeaders = { 'content-type': 'application/json', 'x-request-id': c.get('requestId'), ...reservation.headers };
+          return { status: failedStatus, headers: answerHeaders, body: encoder.encode(JSON.stringify(answer)) };
         },
       });
     }
