@@ -18,6 +18,8 @@ export interface LoadSpec {
   connections: number;
   durationSeconds: number;
   maxRequests: number;
+  /** Each response's latency (ms) is appended here too, so that rounds can be merged. */
+  latencies?: number[];
 }
 
 export interface LoadResult {
@@ -80,8 +82,35 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
     );
     instance.on('response', (_client, _status, _bytes, responseTime) => {
       latencies.push(responseTime);
+      spec.latencies?.push(responseTime);
     });
   });
+}
+
+/**
+ * Several runs of one target as one result: counts summed, req/s over the summed duration,
+ * p50/p99 over every response of every run (`latencies`, as collected through `LoadSpec`).
+ */
+export function mergeRuns(runs: readonly LoadResult[], latencies: readonly number[]): LoadResult {
+  const sorted = [...latencies].sort((a, b) => a - b);
+  const sum = (pick: (r: LoadResult) => number) => runs.reduce((total, r) => total + pick(r), 0);
+  const statusCodes: Record<string, number> = {};
+  for (const run of runs) for (const [code, count] of Object.entries(run.statusCodes)) statusCodes[code] = (statusCodes[code] ?? 0) + count;
+  const durationSeconds = sum((r) => r.durationSeconds);
+  const responses = sum((r) => r.responses);
+  return {
+    connections: runs[0]?.connections ?? 0,
+    durationSeconds,
+    requestsPerSecond: durationSeconds > 0 ? responses / durationSeconds : 0,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    sent: sum((r) => r.sent),
+    responses,
+    ok2xx: sum((r) => r.ok2xx),
+    non2xx: sum((r) => r.non2xx),
+    errors: sum((r) => r.errors),
+    statusCodes,
+  };
 }
 
 export interface FirstByteTarget {

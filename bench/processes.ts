@@ -108,6 +108,33 @@ export class RssSampler {
   }
 }
 
+/** Linux's USER_HZ: /proc reports CPU time in ticks of 1/100 s on every mainstream kernel. */
+const TICKS_PER_SECOND = 100;
+
+export interface CpuTime {
+  /** User + system CPU of the whole process (every thread), in µs. */
+  processUs: number;
+  /** The same for its main thread alone (the event loop). */
+  mainThreadUs: number;
+}
+
+function ticksOf(statFile: string): number {
+  const stat = readFileSync(statFile, 'utf8');
+  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/** CPU time a process has used so far, from /proc (Linux); undefined elsewhere or once it is gone. */
+export function cpuTime(pid: number): CpuTime | undefined {
+  try {
+    const toUs = (ticks: number) => (ticks * 1_000_000) / TICKS_PER_SECOND;
+    return { processUs: toUs(ticksOf(`/proc/${pid}/stat`)), mainThreadUs: toUs(ticksOf(`/proc/${pid}/task/${pid}/stat`)) };
+  } catch {
+    return undefined;
+  }
+}
+
 export interface BulwarkOptions {
   upstreamUrl: string;
   /** The stand-in API key stored as tenant `default`'s upstream credential. */

@@ -2,7 +2,7 @@
  * Turns the benchmark's measurements into the printed table, the comparisons against the bare
  * proxy, and the targets; the same data goes to bench/results.json.
  */
-import type { FirstByteResult, LoadResult } from './load.js';
+import { type FirstByteResult, type LoadResult, percentile } from './load.js';
 
 export type Mode = 'json' | 'stream';
 export type Target = 'stand-in (direct)' | 'bare proxy' | 'bulwark' | 'bulwark + storage' | 'bulwark on PostgreSQL';
@@ -13,14 +13,22 @@ export const BULWARK_TARGETS: readonly Target[] = ['bulwark', 'bulwark + storage
 export interface Measurement extends LoadResult {
   target: Target;
   mode: Mode;
+  /** req/s of each round; round i of every target ran back to back with the others' round i. */
+  roundRps: number[];
+  /** CPU of the serving process per response, all threads and the main thread (µs; Linux only). */
+  cpuUsPerRequest?: number;
+  mainThreadCpuUsPerRequest?: number;
 }
 
 export interface Comparison {
   target: Target;
   mode: Mode;
   connections: number;
-  /** Bulwark's requests/s over the bare proxy's, same mode and connections. */
+  /** Median over the rounds of Bulwark's req/s over the bare proxy's in the same round. */
   rpsRatio: number;
+  /** The lowest and highest of those per-round ratios: how much the machine moved under the run. */
+  rpsRatioMin: number;
+  rpsRatioMax: number;
   /** Bulwark's p50 minus the bare proxy's, in ms. */
   addedP50Ms: number;
 }
@@ -38,7 +46,16 @@ export function compare(measurements: readonly Measurement[]): Comparison[] {
     if (!BULWARK_TARGETS.includes(m.target)) continue;
     const bare = measurements.find((b) => b.target === 'bare proxy' && b.mode === m.mode && b.connections === m.connections);
     if (!bare) continue;
-    out.push({ target: m.target, mode: m.mode, connections: m.connections, rpsRatio: m.requestsPerSecond / bare.requestsPerSecond, addedP50Ms: m.p50Ms - bare.p50Ms });
+    const ratios = m.roundRps.map((rps, round) => rps / bare.roundRps[round]!).sort((a, b) => a - b);
+    out.push({
+      target: m.target,
+      mode: m.mode,
+      connections: m.connections,
+      rpsRatio: percentile(ratios, 50),
+      rpsRatioMin: ratios[0] ?? Number.NaN,
+      rpsRatioMax: ratios.at(-1) ?? Number.NaN,
+      addedP50Ms: m.p50Ms - bare.p50Ms,
+    });
   }
   return out;
 }
@@ -63,11 +80,18 @@ export function formatLoadTable(measurements: readonly Measurement[], comparison
       fixed(m.p99Ms, 3),
       String(m.errors),
       String(m.non2xx),
+      fixed(m.cpuUsPerRequest ?? Number.NaN, 0),
+      fixed(m.mainThreadCpuUsPerRequest ?? Number.NaN, 0),
       c ? `${fixed(c.rpsRatio, 2)}x` : '',
+      c ? `${fixed(c.rpsRatioMin, 2)}-${fixed(c.rpsRatioMax, 2)}` : '',
       c ? `${c.addedP50Ms >= 0 ? '+' : ''}${fixed(c.addedP50Ms, 3)}` : '',
     ];
   });
-  return table(['mode', 'conns', 'scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'vs bare', 'added p50 ms'], rows, new Set([1, 3, 4, 5, 6, 7, 8, 9]));
+  return table(
+    ['mode', 'conns', 'scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'cpu µs/req', 'main µs/req', 'vs bare', 'rounds', 'added p50 ms'],
+    rows,
+    new Set([1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+  );
 }
 
 export function formatFirstByteTable(results: readonly FirstByteResult[], bareName: string): string {

@@ -3,11 +3,13 @@
  *
  * Scenarios, each JSON and `stream: true`, each at 1 and 32 connections: the upstream stand-in
  * directly, a bare node:http + undici proxy (the floor), Bulwark with auth and usage accounting,
- * Bulwark with body storage on, and Bulwark on PostgreSQL (skipped when none answers). The bare proxy
- * and Bulwark runs of one mode and connection count follow each other directly, so the machine's
- * drift hits both alike. Then sequential streaming requests compare time to first byte, Bulwark's
- * peak RSS is reported, and after a drained shutdown its `requests` rows are counted against the
- * responses the load generator received.
+ * Bulwark with body storage on, and Bulwark on PostgreSQL (skipped when none answers). For each
+ * mode and connection count the targets take turns for several short rounds, so the machine's
+ * drift hits all alike, and each ratio to the bare proxy is taken within a round; the CPU each
+ * serving process spends per response is read from /proc around every run. Then sequential
+ * streaming requests compare time to first byte, Bulwark's peak RSS is reported, and after a
+ * drained shutdown its `requests` rows are counted against the responses the load generator
+ * received.
  *
  * Everything is bounded: each run stops at its duration or its request cap, a watchdog ends the
  * whole benchmark, and every child process is stopped by its pid. Results go to
@@ -20,14 +22,16 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { request } from 'undici';
-import { type FirstByteTarget, type LoadSpec, measureFirstByte, runLoad } from './load.js';
-import { type Bulwark, REPO_ROOT, type RowCount, removeDataDir, startBulwark, startScript, stopAndCountRows, stopChild } from './processes.js';
+import { type FirstByteTarget, type LoadResult, type LoadSpec, measureFirstByte, mergeRuns, runLoad } from './load.js';
+import { type Bulwark, REPO_ROOT, type RowCount, cpuTime, removeDataDir, startBulwark, startScript, stopAndCountRows, stopChild } from './processes.js';
 import { type Measurement, type Mode, type Target, type TargetCheck, compare, formatFirstByteTable, formatLoadTable, formatTargets, megabytes } from './report.js';
 
 const SETTINGS = {
   modes: ['json', 'stream'] as const satisfies readonly Mode[],
   connections: [1, 32],
-  durationSeconds: 5,
+  /** Each target runs `rounds` times per mode and connection count, the targets taking turns. */
+  rounds: 3,
+  durationSeconds: 2,
   maxRequests: 200_000,
   warmupSeconds: 1,
   warmupMaxRequests: 50_000,
@@ -60,6 +64,8 @@ interface Tally {
 
 interface Endpoint {
   target: Target;
+  /** The process serving `url`, whose CPU time is read around each run. */
+  pid: number;
   url: string;
   headers: Record<string, string>;
   bulwark?: { instance: Bulwark; tally: Tally };
@@ -168,10 +174,11 @@ async function main(): Promise<void> {
   if (postgresNote) log(postgresNote);
 
   const endpoints: Endpoint[] = [
-    { target: 'stand-in (direct)', url: `${standIn.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
-    { target: 'bare proxy', url: `${bare.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
+    { target: 'stand-in (direct)', pid: standIn.child.pid!, url: `${standIn.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
+    { target: 'bare proxy', pid: bare.child.pid!, url: `${bare.url}/v1/messages`, headers: headersWith(upstreamApiKey) },
     {
       target: 'bulwark',
+      pid: plain.bulwark.child.pid!,
       url: `${plain.bulwark.publicUrl}/v1/messages`,
       headers: headersWith(plain.bulwark.apiKey),
       bulwark: { instance: plain.bulwark, tally: { sent: 0, responses: 0, errors: 0 } },
@@ -180,6 +187,7 @@ async function main(): Promise<void> {
   if (storage.ok) {
     endpoints.push({
       target: 'bulwark + storage',
+      pid: storage.bulwark.child.pid!,
       url: `${storage.bulwark.publicUrl}/v1/messages`,
       headers: headersWith(storage.bulwark.apiKey),
       bulwark: { instance: storage.bulwark, tally: { sent: 0, responses: 0, errors: 0 } },
@@ -188,6 +196,7 @@ async function main(): Promise<void> {
   if (onPostgres?.ok) {
     endpoints.push({
       target: 'bulwark on PostgreSQL',
+      pid: onPostgres.bulwark.child.pid!,
       url: `${onPostgres.bulwark.publicUrl}/v1/messages`,
       headers: headersWith(onPostgres.bulwark.apiKey),
       bulwark: { instance: onPostgres.bulwark, tally: { sent: 0, responses: 0, errors: 0 } },
@@ -196,20 +205,39 @@ async function main(): Promise<void> {
   for (const endpoint of endpoints) if (endpoint.bulwark) await waitUntilServing(endpoint, endpoint.bulwark.tally);
 
   const measurements: Measurement[] = [];
+  const count = (endpoint: Endpoint, run: LoadResult) => {
+    if (!endpoint.bulwark) return;
+    endpoint.bulwark.tally.sent += run.sent;
+    endpoint.bulwark.tally.responses += run.responses;
+    endpoint.bulwark.tally.errors += run.errors;
+  };
   for (const mode of SETTINGS.modes) {
     for (const connections of SETTINGS.connections) {
-      for (const endpoint of endpoints) {
-        const spec: LoadSpec = { url: endpoint.url, headers: endpoint.headers, body: BODIES[mode], connections, durationSeconds: SETTINGS.warmupSeconds, maxRequests: SETTINGS.warmupMaxRequests };
-        const warmup = await runLoad(spec);
-        const result = await runLoad({ ...spec, durationSeconds: SETTINGS.durationSeconds, maxRequests: SETTINGS.maxRequests });
-        for (const run of [warmup, result]) {
-          if (!endpoint.bulwark) continue;
-          endpoint.bulwark.tally.sent += run.sent;
-          endpoint.bulwark.tally.responses += run.responses;
-          endpoint.bulwark.tally.errors += run.errors;
+      const spec = (endpoint: Endpoint): LoadSpec => ({ url: endpoint.url, headers: endpoint.headers, body: BODIES[mode], connections, durationSeconds: SETTINGS.durationSeconds, maxRequests: SETTINGS.maxRequests });
+      for (const endpoint of endpoints) count(endpoint, await runLoad({ ...spec(endpoint), durationSeconds: SETTINGS.warmupSeconds, maxRequests: SETTINGS.warmupMaxRequests }));
+      // Round-robin: the machine's drift (other tenants, CPU frequency) lands on every target alike.
+      const runs = endpoints.map(() => ({ results: [] as LoadResult[], latencies: [] as number[], cpu: { processUs: 0, mainThreadUs: 0, measured: true } }));
+      for (let round = 0; round < SETTINGS.rounds; round += 1) {
+        for (const [i, endpoint] of endpoints.entries()) {
+          const before = cpuTime(endpoint.pid);
+          const result = await runLoad({ ...spec(endpoint), latencies: runs[i]!.latencies });
+          const after = cpuTime(endpoint.pid);
+          count(endpoint, result);
+          runs[i]!.results.push(result);
+          if (before && after) {
+            runs[i]!.cpu.processUs += after.processUs - before.processUs;
+            runs[i]!.cpu.mainThreadUs += after.mainThreadUs - before.mainThreadUs;
+          } else {
+            runs[i]!.cpu.measured = false;
+          }
         }
-        measurements.push({ ...result, target: endpoint.target, mode });
-        log(`${mode.padEnd(6)} c=${String(connections).padStart(2)}  ${endpoint.target.padEnd(21)} ${result.requestsPerSecond.toFixed(0).padStart(6)} req/s  p50 ${result.p50Ms.toFixed(3)} ms`);
+      }
+      for (const [i, endpoint] of endpoints.entries()) {
+        const { results, latencies, cpu } = runs[i]!;
+        const merged = mergeRuns(results, latencies);
+        const cpuPerResponse = cpu.measured && merged.responses > 0 ? { cpuUsPerRequest: cpu.processUs / merged.responses, mainThreadCpuUsPerRequest: cpu.mainThreadUs / merged.responses } : {};
+        measurements.push({ ...merged, ...cpuPerResponse, target: endpoint.target, mode, roundRps: results.map((r) => r.requestsPerSecond) });
+        log(`${mode.padEnd(6)} c=${String(connections).padStart(2)}  ${endpoint.target.padEnd(21)} ${merged.requestsPerSecond.toFixed(0).padStart(6)} req/s  p50 ${merged.p50Ms.toFixed(3)} ms`);
       }
     }
   }
@@ -271,9 +299,13 @@ async function main(): Promise<void> {
   for (const r of rowChecks) checks.push({ name: `${r.target} lost rows`, goal: '0', value: `${r.lost} (rows ${r.rows}, responses ${r.responses}, sent ${r.sent})`, met: r.lost === 0 });
 
   const out: string[] = [];
-  out.push('', `Bulwark bench — Node ${process.version}, ${cpus().length} CPUs, loopback, ${SETTINGS.durationSeconds} s per run after ${SETTINGS.warmupSeconds} s warm-up (cap ${SETTINGS.maxRequests} requests)`, '');
+  out.push('', `Bulwark bench — Node ${process.version}, ${cpus().length} CPUs, loopback, ${SETTINGS.rounds} rounds of ${SETTINGS.durationSeconds} s per target after ${SETTINGS.warmupSeconds} s warm-up (cap ${SETTINGS.maxRequests} requests a run)`, '');
   out.push(formatLoadTable(measurements, comparisons));
-  out.push('', 'p50/p99 are from per-response timings (sub-millisecond); "vs bare" is req/s over the bare proxy\'s, same mode and connections.');
+  out.push(
+    '',
+    'p50/p99 are from per-response timings (sub-millisecond). "vs bare" is the median over the rounds of req/s over the bare proxy\'s in the same round;',
+    '"rounds" is the lowest and highest of those ratios. cpu µs/req is the serving process\'s CPU (all threads) per response, main µs/req its event loop\'s.',
+  );
   if (storageNote) out.push(storageNote);
   if (postgresNote) out.push(postgresNote);
   out.push('', formatFirstByteTable(firstByte.results, 'bare proxy'));
