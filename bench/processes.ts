@@ -1,6 +1,6 @@
 /**
  * The processes the benchmark measures: the upstream stand-in and the bare proxy (bench scripts
- * run under tsx), and Bulwark itself (the built CLI, `node dist/cli/main.js serve`), with the CLI
+ * run under tsx), and Bulwark itself (the built CLI, started as `npm start` starts it), with the CLI
  * calls that give it a key and an upstream credential, an RSS sampler, and the row count read
  * back after it has stopped. Every child is stopped by its own pid; a child the parent forgets is
  * still killed when the parent exits.
@@ -14,6 +14,18 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..');
 const CLI = path.join(REPO_ROOT, 'dist', 'cli', 'main.js');
+
+/**
+ * The Node flags `npm start` gives the server (package.json), so that what is measured is what
+ * users run; read from there rather than repeated here.
+ */
+function serveNodeFlags(): string[] {
+  const manifest = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { scripts?: Record<string, string> };
+  const start = manifest.scripts?.start ?? '';
+  const flags = /\bnode((?: --[^\s]+)*) dist\/cli\/main\.js serve\b/.exec(start);
+  if (!flags) throw new Error(`bench: cannot find how npm start runs the server in package.json ('${start}')`);
+  return flags[1]!.split(' ').filter(Boolean);
+}
 /** EX_CONFIG: Bulwark refused its configuration (see src/config/load.ts). */
 const EXIT_CONFIG = 78;
 
@@ -197,7 +209,7 @@ export async function startBulwark(options: BulwarkOptions): Promise<BulwarkStar
     ...(options.database ? { DATABASE_URL: options.database.url, BULWARK_DATABASE_SCHEMA: options.database.schema } : {}),
   });
   // BENCH_BULWARK_NODE_ARGS: Node flags for the server alone, e.g. a CPU profile of it under load.
-  const nodeArgs = process.env.BENCH_BULWARK_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+  const nodeArgs = [...serveNodeFlags(), ...(process.env.BENCH_BULWARK_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [])];
   const child = track(spawn(process.execPath, [...nodeArgs, CLI, 'serve'], { cwd: REPO_ROOT, env, stdio: ['ignore', 'inherit', 'pipe'] }));
   // Under load a failing request logs a line each; count them and keep the last few rather than
   // flood the terminal, and keep the raw tail to explain a refusal at start.
