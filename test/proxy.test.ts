@@ -6,7 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { type Server, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect } from 'node:net';
+import { once } from 'node:events';
 import path from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -151,6 +152,21 @@ describe('Anthropic proxy', () => {
     expect(streamed).toMatchObject({ stream: true, status: 200, input_tokens: message.usage.input_tokens, output_tokens: message.usage.output_tokens });
     expect(streamed?.first_token_ms).toEqual(expect.any(Number));
     expect(plain?.upstream_request_id).toMatch(/^req_/);
+  });
+
+  it('names every answer with X-Request-Id over the socket, relayed or answered by Bulwark itself, and the row carries the same id', async () => {
+    const headers = { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' };
+    const relayed = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers, body: JSON.stringify(MESSAGE) });
+    await relayed.arrayBuffer();
+    expect(relayed.status).toBe(200);
+    expect(relayed.headers.get('x-request-id')).toMatch(/^req_[0-9a-f]{32}$/);
+    expect((await rows(b)).at(-1)?.request_id).toBe(relayed.headers.get('x-request-id'));
+    const refused = await fetch(`${b.publicUrl}/v1/messages`, { method: 'POST', headers: { ...headers, 'x-api-key': 'bwk_wrong' }, body: '{}' });
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get('x-request-id')).toMatch(/^req_[0-9a-f]{32}$/);
+    expect(((await refused.json()) as { request_id: string }).request_id).toBe(refused.headers.get('x-request-id'));
+    const health = await fetch(`${b.publicUrl}/health`, { headers: { 'x-request-id': 'client-trace_01' } });
+    expect(health.headers.get('x-request-id')).toBe('client-trace_01');
   });
 
   it('forwards count_tokens and the model list and lookup', async () => {
@@ -811,6 +827,21 @@ describe('clients that leave early', () => {
     expect((await rows(b)).at(-1)).toMatchObject({ status: 499, error_type: 'client_disconnected' });
     // The 200-token reservation was settled (to the input estimate), so another call fits.
     expect((await post(created.value.key, { ...MESSAGE, max_tokens: 200 })).status).toBe(200);
+  });
+
+  it('records a client that hangs up halfway through sending its body, and sends nothing upstream', async () => {
+    const key = (await b.createKey(['llm'])).key;
+    const before = upstream.requests.length;
+    const { hostname, port } = new URL(b.publicUrl);
+    const socket = connect(Number(port), hostname);
+    await once(socket, 'connect');
+    const head = `POST /v1/messages HTTP/1.1\r\nHost: ${hostname}:${port}\r\nx-api-key: ${key}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n`;
+    socket.write(`${head}${'{"model": "claude-haiku-4-5", '.padEnd(100)}`);
+    await sleep(200);
+    socket.destroy();
+    await sleep(300);
+    expect((await rows(b)).at(-1)).toMatchObject({ status: 499, error_type: 'client_disconnected', key_id: expect.any(String) });
+    expect(upstream.requests.length).toBe(before);
   });
 });
 

@@ -7,7 +7,7 @@
 import type { Context, MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
 import type { BulwarkEnv } from '../http/context.js';
-import { clientIp, requestFacts } from '../http/client-info.js';
+import { clientIp, requestFacts, requestHeader } from '../http/client-info.js';
 import { ApiError } from '../http/errors.js';
 import { type TokenVerifier, type TokenVerifyResult, TokenVerifierUnavailableError } from './jwt.js';
 import { DEFAULT_TENANT, type Principal } from './principal.js';
@@ -110,7 +110,7 @@ export function authenticate(options: AuthenticateOptions): MiddlewareHandler<Bu
     };
     // An earlier layer (the admin listener's cookie session) has already decided who this is.
     if (c.get('principal')) return next();
-    const credential = extractCredential(c.req.header('authorization'), c.req.header('x-api-key'));
+    const credential = extractCredential(requestHeader(c, 'authorization'), requestHeader(c, 'x-api-key'));
     c.set('credentialPresented', credential.kind !== 'none');
     if (!required && credential.kind === 'none') {
       c.set('principal', ANONYMOUS_PRINCIPAL);
@@ -123,7 +123,7 @@ export function authenticate(options: AuthenticateOptions): MiddlewareHandler<Bu
         outcome: 'failure',
         ...requestFacts(c),
         ...extra,
-        details: { reason, credentialPresented: credential.kind !== 'none', origin: c.req.header('origin') ?? null, ...extra.details },
+        details: { reason, credentialPresented: credential.kind !== 'none', origin: requestHeader(c, 'origin') ?? null, ...extra.details },
       });
       // A request with no credential guesses nothing; only wrong and malformed ones count toward a lockout.
       if (reason !== 'missing') await onFailure?.(ip, c);

@@ -38,7 +38,7 @@ export interface KeyVerifierOptions {
   /** Credentials that are not in the store: the bootstrap key, the admin key, the admin token. */
   staticCredentials?: readonly StaticCredential[];
   /** Called with each successful use of a store key (for last_used_at, off the hot path). */
-  onKeyUsed?: (keyId: string, at: Date) => void;
+  onKeyUsed?: (keyId: string, atMs: number) => void;
   now?: () => number;
   maxCacheEntries?: number;
   /**
@@ -65,7 +65,7 @@ export class KeyVerifier {
   readonly #cacheMs: number;
   readonly #maxEntries: number;
   readonly #static: { digest: Buffer; principal: Principal }[];
-  readonly #onKeyUsed: ((keyId: string, at: Date) => void) | undefined;
+  readonly #onKeyUsed: ((keyId: string, atMs: number) => void) | undefined;
   readonly #now: () => number;
   readonly #cache = new Map<string, CacheEntry>();
   /** Bumped by `invalidate`, so a lookup that was in flight during a revocation is not cached. */
@@ -107,7 +107,7 @@ export class KeyVerifier {
     if (row.revoked_at && row.revoked_at.getTime() <= now) return { ok: false, reason: 'revoked', keyId: row.id, tenant: row.tenant_id };
     if (row.expires_at && row.expires_at.getTime() <= now) return { ok: false, reason: 'expired', keyId: row.id, tenant: row.tenant_id };
 
-    this.#onKeyUsed?.(row.id, new Date(now));
+    this.#onKeyUsed?.(row.id, now);
     return { ok: true, principal: rowPrincipal(row) };
   }
 
@@ -125,7 +125,7 @@ export class KeyVerifier {
     const now = this.#now();
     if (row.revoked_at && row.revoked_at.getTime() <= now) return { ok: false, reason: 'revoked', keyId: row.id, tenant: row.tenant_id };
     if (row.expires_at && row.expires_at.getTime() <= now) return { ok: false, reason: 'expired', keyId: row.id, tenant: row.tenant_id };
-    this.#onKeyUsed?.(row.id, new Date(now));
+    this.#onKeyUsed?.(row.id, now);
     return { ok: true, principal: rowPrincipal(row) };
   }
 

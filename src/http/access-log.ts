@@ -3,7 +3,7 @@
  * status, duration, request id, principal. The logger masks anything secret-shaped that
  * slips through. With authentication off, every line carries the warning.
  */
-import type { MiddlewareHandler } from 'hono';
+import type { Context, MiddlewareHandler } from 'hono';
 import { clientIp, requestPath } from './client-info.js';
 import type { BulwarkEnv } from './context.js';
 import type { Logger } from './logger.js';
@@ -20,25 +20,28 @@ export function accessLog(options: AccessLogOptions): MiddlewareHandler<BulwarkE
   if (!logger) throw new Error('accessLog: logger is required');
   return async function accessLogMiddleware(c, next) {
     const started = performance.now();
-    const log = logger.child({ requestId: c.get('requestId') });
-    c.set('logger', log);
     try {
       await next();
     } finally {
       const status = c.get('sentStatus') ?? c.res.status;
-      const principal = c.get('principal');
-      const line = {
-        listener,
-        method: c.req.method,
-        path: requestPath(c),
-        status,
-        ms: Math.round((performance.now() - started) * 10) / 10,
-        ip: clientIp(c),
-        ...(principal ? { tenant: principal.tenant, keyId: principal.keyId } : {}),
-        ...(authDisabled ? { warning: 'AUTHENTICATION IS OFF (BULWARK_AUTH=off)' } : {}),
-      };
-      if (status >= 500) log.error(line, 'request failed');
-      else log.info(line, 'request');
+      const level = status >= 500 ? 'error' : 'info';
+      if (logger.isLevelEnabled(level)) writeLine(c, level, status, started);
     }
   };
+
+  function writeLine(c: Context<BulwarkEnv>, level: 'error' | 'info', status: number, started: number): void {
+    const principal = c.get('principal');
+    const line = {
+      requestId: c.get('requestId'),
+      listener,
+      method: c.req.method,
+      path: requestPath(c),
+      status,
+      ms: Math.round((performance.now() - started) * 10) / 10,
+      ip: clientIp(c),
+      ...(principal ? { tenant: principal.tenant, keyId: principal.keyId } : {}),
+      ...(authDisabled ? { warning: 'AUTHENTICATION IS OFF (BULWARK_AUTH=off)' } : {}),
+    };
+    logger[level](line, level === 'error' ? 'request failed' : 'request');
+  }
 }

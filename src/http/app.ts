@@ -31,7 +31,7 @@ import { keyIpAllowlist } from '../security/key-ip-allowlist.js';
 import { ipRateLimit } from '../security/ip-rate-limit.js';
 import { type RequestClass, principalRateLimit } from '../security/principal-rate-limit.js';
 import { accessLog } from './access-log.js';
-import { clientIp } from './client-info.js';
+import { clientIp, requestPath } from './client-info.js';
 import type { BulwarkEnv } from './context.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { requestId } from './request-id.js';
@@ -51,7 +51,7 @@ function baseApp(runtime: Runtime, listener: Listener): Hono<BulwarkEnv> {
   const app = new Hono<BulwarkEnv>();
   app.onError(
     errorHandler((err, c) => {
-      (c.get('logger') ?? runtime.logger).error({ err, path: new URL(c.req.url).pathname }, 'unhandled error');
+      runtime.logger.error({ err, requestId: c.get('requestId'), path: requestPath(c) }, 'unhandled error');
     }),
   );
   app.notFound(notFoundHandler);

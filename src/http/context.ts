@@ -3,12 +3,10 @@
  * pipeline leave for later ones. Services are injected here, never imported by routes.
  */
 import type { Principal } from '../auth/principal.js';
-import type { Logger } from './logger.js';
 import type { AuthMethod, SessionContext } from './routes/login.js';
 
 export interface BulwarkVariables {
   requestId: string;
-  logger: Logger;
   /** Set by `authenticate`; absent on public routes. */
   principal: Principal;
   /** Whether the request presented any credential (for audit of failures). */

@@ -151,8 +151,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   };
 
   // last_used_at: at most one queued item per key however busy it is; the write takes the
-  // latest time seen, so the queue stays as small as the number of active keys.
-  const latestUse = new Map<string, string>();
+  // latest time seen, so the queue stays as small as the number of active keys. The latest
+  // time is kept as epoch ms and formatted only when written.
+  const latestUse = new Map<string, number>();
+  const latestUseIso = (id: string) => {
+    const at = latestUse.get(id);
+    return at === undefined ? undefined : new Date(at).toISOString();
+  };
   const lastUsed: WriteBehind<{ id: string; at: string }> = new WriteBehind<{ id: string; at: string }>({
     name: 'last-used',
     spoolDir,
@@ -163,21 +168,20 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       const written = new Map<string, string>();
       for (const item of batch) {
         // The item's own time matters when it was replayed from the spool of an earlier run.
-        const at = latestUse.get(item.id) ?? item.at;
+        const at = latestUseIso(item.id) ?? item.at;
         if (at > (written.get(item.id) ?? '')) written.set(item.id, at);
       }
       await keys.touchLastUsed(new Map([...written].map(([id, at]) => [id, new Date(at)])));
       for (const [id, at] of written) {
-        const newer = latestUse.get(id);
+        const newer = latestUseIso(id);
         if (newer === at) latestUse.delete(id);
         else if (newer) lastUsed.push({ id, at: newer }); // used again while we wrote: write the newer time next
       }
     },
   });
-  const onKeyUsed = (id: string, at: Date) => {
-    const iso = at.toISOString();
-    if (!latestUse.has(id)) lastUsed.push({ id, at: iso });
-    latestUse.set(id, iso);
+  const onKeyUsed = (id: string, atMs: number) => {
+    if (!latestUse.has(id)) lastUsed.push({ id, at: new Date(atMs).toISOString() });
+    latestUse.set(id, atMs);
   };
 
   const bootstrap: StaticCredential[] = config.bootstrapKey.key

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { type Context, Hono, type MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
 import { requireScope } from '../auth/middleware.js';
-import { clientIp, requestPath } from '../http/client-info.js';
+import { clientIp, requestHeader, requestPath, requestTarget } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ANTHROPIC_ERROR_TYPE, ApiError, ERROR_STATUS, anthropicErrorBody } from '../http/errors.js';
 import type { CredentialRecord, UpstreamCredential } from './credentials.js';
@@ -63,6 +63,8 @@ interface Forward {
 }
 
 const encoder = new TextEncoder();
+/** Stateless between calls (no `stream` option), so one serves every request. */
+const decoder = new TextDecoder();
 /** Anthropic's own limit for a Messages request. */
 const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
 /** A non-streaming answer up to this size goes to the client in one write, with a Content-Length. */
@@ -79,14 +81,14 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
   async function forward(c: Context<BulwarkEnv>, spec: Forward): Promise<Response> {
     const started = performance.now();
     const principal = c.get('principal');
-    const url = new URL(c.req.url);
+    const target = requestTarget(c);
     const row: RequestRecord = {
       id: randomUUID(),
       time: new Date().toISOString(),
       tenantId: principal.tenant,
       keyId: principal.keyId,
       method: c.req.method,
-      path: url.pathname,
+      path: target.path,
       model: null,
       stream: false,
       status: 0,
@@ -99,7 +101,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       latencyMs: 0,
       firstTokenMs: null,
       ip: clientIp(c) ?? null,
-      userAgent: c.req.header('user-agent') ?? null,
+      userAgent: requestHeader(c, 'user-agent') ?? null,
       requestId: c.get('requestId'),
       upstreamRequestId: null,
       requestBody: null,
@@ -118,7 +120,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       row.costUsd = costOf(row, price);
       reservation?.settle({ requests: 1, tokens: totalTokens(row), usd: row.costUsd });
       if (storeBodies && body && body.byteLength > 0) {
-        row.requestBody = sealBody(storeBodies, new TextDecoder().decode(body.subarray(0, MAX_STORED_BODY_BYTES)), row.tenantId, row.id, 'request_body');
+        row.requestBody = sealBody(storeBodies, decoder.decode(body.subarray(0, MAX_STORED_BODY_BYTES)), row.tenantId, row.id, 'request_body');
       }
       if (storeBodies && capture && row.status > 0 && !isBulwarkAnswer) {
         const text = capture.text();
@@ -154,7 +156,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
     if (spec.body === 'json' && body) {
       let parsed: unknown;
       try {
-        parsed = parseJsonBody(new TextDecoder().decode(body));
+        parsed = parseJsonBody(decoder.decode(body));
       } catch (err) {
         fail(err as ApiError);
       }
@@ -179,7 +181,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       // An allow-listed path is forwarded unread, so its tokens and model cannot be metered:
       // keys and tenants under a token or dollar budget or a model list may not use it.
       const metered = subjects.find((s) => ['tokensPerMinute', 'tokensPerDay', 'tokensPerMonth', 'usdPerDay', 'usdPerMonth', 'models'].some((k) => s.limits[k as keyof typeof s.limits] !== undefined));
-      if (metered) fail(new ApiError('forbidden', `${url.pathname} is not metered, so it is closed to a ${metered.kind} with token or dollar budgets or a model list.`));
+      if (metered) fail(new ApiError('forbidden', `${target.path} is not metered, so it is closed to a ${metered.kind} with token or dollar budgets or a model list.`));
     }
     price = priceFor(prices, row.model);
     const budgeted = subjects.some((s) => s.limits.usdPerDay !== undefined || s.limits.usdPerMonth !== undefined);
@@ -235,7 +237,7 @@ export function proxyRoutes(options: ProxyOptions): Hono<BulwarkEnv> {
       try {
         return await upstream.send({
           method: c.req.method,
-          path: `${url.pathname}${url.search}`,
+          path: `${target.path}${target.search}`,
           headers: upstreamHeaders(incomingHeaders, using),
           body,
           signal: abort,

@@ -4,7 +4,7 @@
  * `message_delta` the cumulative output tokens, an `error` event its type); JSON bodies are
  * parsed once complete.
  */
-import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import { type EventSourceMessage, type EventSourceParser, createParser } from 'eventsource-parser';
 
 export interface Usage {
   model: string | null;
@@ -39,9 +39,8 @@ export class UsageMeter {
     errorType: null,
   };
   readonly #startedAt: number;
-  readonly #sse: boolean;
-  readonly #decoder = new TextDecoder();
-  readonly #parser;
+  /** The SSE reader; a JSON answer needs none, and it is made only for a stream. */
+  readonly #sse: { decoder: InstanceType<typeof TextDecoder>; parser: EventSourceParser } | undefined;
   #jsonChunks: Uint8Array[] = [];
   #jsonBytes = 0;
   /** Size of the content deltas seen, for estimating output when the final count never came. */
@@ -51,8 +50,9 @@ export class UsageMeter {
 
   constructor(contentType: string | undefined, startedAt: number) {
     this.#startedAt = startedAt;
-    this.#sse = /^text\/event-stream\b/i.test(contentType ?? '');
-    this.#parser = createParser({ onEvent: (event) => this.#onEvent(event) });
+    this.#sse = /^text\/event-stream\b/i.test(contentType ?? '')
+      ? { decoder: new TextDecoder(), parser: createParser({ onEvent: (event) => this.#onEvent(event) }) }
+      : undefined;
   }
 
   /** Feeds a chunk that has already been passed on to the client. */
@@ -60,7 +60,7 @@ export class UsageMeter {
     // Time to first token: the first content delta of a stream, the first byte of a JSON answer.
     if (!this.#sse) this.usage.firstTokenMs ??= Math.round(performance.now() - this.#startedAt);
     if (this.#sse) {
-      this.#parser.feed(this.#decoder.decode(chunk, { stream: true }));
+      this.#sse.parser.feed(this.#sse.decoder.decode(chunk, { stream: true }));
       return;
     }
     this.#jsonBytes += chunk.byteLength;

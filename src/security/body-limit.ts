@@ -16,6 +16,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { MiddlewareHandler } from 'hono';
+import { requestHeader } from '../http/client-info.js';
 import { ApiError } from '../http/errors.js';
 
 export const MIB = 1024 * 1024;
@@ -142,8 +143,8 @@ export function bodyLimit(options: BodyLimitOptions = {}): MiddlewareHandler<Bod
     const limit = limitFor(c.req.path);
     c.set('bodyLimit', limit);
 
-    const declared = c.req.header('content-length');
-    const chunked = c.req.header('transfer-encoding') !== undefined;
+    const declared = requestHeader(c, 'content-length');
+    const chunked = requestHeader(c, 'transfer-encoding') !== undefined;
     if (declared !== undefined && !chunked && /^\s*\d+\s*$/.test(declared)) {
       if (Number(declared) > limit) throw payloadTooLarge(limit);
       return next();

@@ -15,7 +15,7 @@
  * client's own copy of the other through untouched, so believing both would believe the client.
  */
 import type { MiddlewareHandler } from 'hono';
-import { socketAddress } from '../http/client-info.js';
+import { requestHeader, socketAddress } from '../http/client-info.js';
 import { type CidrList, matchesAny, normalizeIp, parseCidrList } from './cidr.js';
 
 export interface ClientIpVariables {
@@ -186,7 +186,7 @@ export function clientAddress(options: ClientAddressOptions = {}): MiddlewareHan
     };
   }
   return async function clientAddressMiddleware(c, next) {
-    const headers = { forwarded: c.req.header('forwarded'), xForwardedFor: c.req.header('x-forwarded-for') };
+    const headers = { forwarded: requestHeader(c, 'forwarded'), xForwardedFor: requestHeader(c, 'x-forwarded-for') };
     c.set('clientIp', resolveClientIp(socketAddress(c), headers, trusted, source));
     await next();
   };

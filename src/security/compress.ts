@@ -14,6 +14,7 @@
 import { promisify } from 'node:util';
 import { brotliCompress, constants, gzip } from 'node:zlib';
 import type { MiddlewareHandler } from 'hono';
+import { requestHeader } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { editResponseHeaders, sentDirectly, withVary } from './headers.js';
 
@@ -89,7 +90,7 @@ export function compress(options: CompressOptions = {}): MiddlewareHandler<Bulwa
     const declared = res.headers.get('content-length');
     if (declared !== null && Number(declared) < thresholdBytes) return;
 
-    const encoding = chooseEncoding(c.req.header('accept-encoding'));
+    const encoding = chooseEncoding(requestHeader(c, 'accept-encoding'));
     if (encoding === undefined) {
       // Nothing to do but say the answer would differ for another Accept-Encoding; reading and
       // rebuilding the body here cost more than the rest of the pipeline together.

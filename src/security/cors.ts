@@ -13,6 +13,7 @@
  * are put there with `setHeader` before the route runs (see headers.ts).
  */
 import type { MiddlewareHandler } from 'hono';
+import { requestHeader } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
 import { appendNodeVary, editResponseHeaders, nodeResponse, sentDirectly, withVary } from './headers.js';
@@ -97,12 +98,12 @@ export function cors(options: CorsOptions): MiddlewareHandler<BulwarkEnv> {
   };
 
   return async function corsMiddleware(c, next) {
-    const originHeader = c.req.header('origin');
+    const originHeader = requestHeader(c, 'origin');
     // The Origin header is already an origin's serialisation; an exact match on its normal form.
     const origin = originHeader === undefined ? undefined : normalizeOrigin(originHeader);
     const isAllowed = origin !== undefined && allowed.has(origin);
 
-    if (c.req.method === 'OPTIONS' && originHeader !== undefined && c.req.header('access-control-request-method') !== undefined) {
+    if (c.req.method === 'OPTIONS' && originHeader !== undefined && requestHeader(c, 'access-control-request-method') !== undefined) {
       if (!isAllowed) {
         throw new ApiError('origin_not_allowed', 'This origin may not call Bulwark from a browser; add it to BULWARK_CORS_ORIGINS if it is yours.');
       }
@@ -110,7 +111,7 @@ export function cors(options: CorsOptions): MiddlewareHandler<BulwarkEnv> {
         'Access-Control-Allow-Origin': origin,
         'Access-Control-Allow-Credentials': 'true',
         'Access-Control-Allow-Methods': ALLOW_METHODS,
-        'Access-Control-Allow-Headers': allowHeadersFor(c.req.header('access-control-request-headers')),
+        'Access-Control-Allow-Headers': allowHeadersFor(requestHeader(c, 'access-control-request-headers')),
         'Access-Control-Max-Age': maxAge,
         Vary: 'Origin, Access-Control-Request-Method, Access-Control-Request-Headers',
       });

@@ -12,7 +12,7 @@
  */
 import type { MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
-import { requestFacts } from '../http/client-info.js';
+import { requestFacts, requestHeader } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
 
@@ -127,7 +127,7 @@ export function hostCheck(options: HostCheckOptions): MiddlewareHandler<BulwarkE
 
   return async function hostCheckMiddleware(c, next) {
     // On Node the URL is built from the Host header; in-process requests (tests) carry their host only in the URL.
-    const value = c.req.header('host') ?? hostOfUrl(c.req.url);
+    const value = requestHeader(c, 'host') ?? hostOfUrl(c.req.url);
     const parsed = value === undefined ? undefined : parseHost(value);
     if (parsed && allowed(parsed)) return next();
 

@@ -10,7 +10,7 @@
  */
 import type { MiddlewareHandler } from 'hono';
 import type { AuditEventInput } from '../audit/log.js';
-import { requestFacts } from '../http/client-info.js';
+import { requestFacts, requestHeader } from '../http/client-info.js';
 import type { BulwarkEnv } from '../http/context.js';
 import { ApiError } from '../http/errors.js';
 import { parseHost, printable } from './host.js';
@@ -52,13 +52,13 @@ export function originCheck(options: OriginCheckOptions): MiddlewareHandler<Bulw
   }
 
   return async function originCheckMiddleware(c, next) {
-    const origin = c.req.header('origin');
+    const origin = requestHeader(c, 'origin');
     if (origin === undefined || c.req.method === 'OPTIONS') return next();
-    const credentialed = c.req.header('authorization') !== undefined || c.req.header('x-api-key') !== undefined || c.req.header('cookie') !== undefined;
+    const credentialed = requestHeader(c, 'authorization') !== undefined || requestHeader(c, 'x-api-key') !== undefined || requestHeader(c, 'cookie') !== undefined;
     if (SAFE_METHODS.has(c.req.method) && !credentialed) return next();
 
     const normalized = normalizeOrigin(origin);
-    if (normalized && (allowed.has(normalized) || sameOrigin(normalized, c.req.header('host')))) return next();
+    if (normalized && (allowed.has(normalized) || sameOrigin(normalized, requestHeader(c, 'host')))) return next();
 
     const shown = printable(origin);
     audit({
