@@ -140,6 +140,9 @@ export async function startServer(config: Config, options: StartOptions): Promis
     throw err;
   }
 
+  // Counted before the server is announced, so that the first-key hint is printed together with
+  // the "listening" line rather than after it, when a reader (or a script) has moved on.
+  const keyCount = await runtime.keys.count();
   publishServer(config.dataDir, { pid: process.pid, adminUrl, publicUrl, database: database.kind, startedAt: runtime.startedAt.toISOString() }, runtime.adminToken);
   runtime.audit({
     type: 'server.started',
@@ -161,7 +164,6 @@ export async function startServer(config: Config, options: StartOptions): Promis
     logger.warn(warning);
     say(warning);
   }
-  const keyCount = await runtime.keys.count();
   if (keyCount === 0 && !config.bootstrapKey.key) {
     say('No API keys yet. Create the first one (shown once; keep it safe):');
     say(`  npm run --silent bulwark -- keys create --name first-key --scopes admin --tenant ${DEFAULT_TENANT}`);
