@@ -19,6 +19,7 @@ import { OPERATOR, type TestBulwark, startTestBulwark } from './helpers/runtime.
 import { type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
 import { type SseEvent, readSse } from './helpers/sse.js';
 import { type FixtureUpstream, startFixtureUpstream } from './fixtures/mcp-upstream.js';
+import { awayFromMinuteBoundary } from './helpers/clock.js';
 
 const CANARY = 'agent-history-canary-3d8e';
 const APP_ORIGIN = 'https://app.example';
@@ -245,6 +246,7 @@ describe('agent API', () => {
   });
 
   it('answers a limit hit by a model call as the limit it is', async () => {
+    await awayFromMinuteBoundary();
     const limited = await b.runtime.keyService.createKey(OPERATOR, { name: 'limited', scopes: ['write'], limits: { requestsPerMinute: 1 } });
     if (!limited.ok) throw new Error(limited.message);
     const response = await api(limited.value.key, '/api/message', { body: { message: 'use echo {"text":"x"}' } });
@@ -305,6 +307,7 @@ describe('agent API', () => {
     });
 
     it('tells watchers when a message fails', async () => {
+      await awayFromMinuteBoundary();
       const limited = await b.runtime.keyService.createKey(OPERATOR, { name: 'watched', scopes: ['write'], limits: { requestsPerMinute: 1 } });
       if (!limited.ok) throw new Error(limited.message);
       const stream = await fetch(new URL('/api/events', b.publicUrl), { headers: { authorization: `Bearer ${limited.value.key}` } });

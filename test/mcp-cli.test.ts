@@ -158,8 +158,9 @@ describe('bulwark mcp sessions against a running server', () => {
       expect(requests).toEqual(['DELETE /api/mcp/sessions/0123456789abcdef']);
 
       requests.length = 0;
-      for (const malformed of ['0123456789ABCDEF', '0123456789abcde', '0123456789abcdef0', 'not-a-ref', '../keys/abc', sessionId]) {
-        const result = await runCli(['mcp', 'sessions', 'terminate', malformed], standInEnv);
+      // `--` ends the options: a raw session id is base64url and one in 32 starts with '-'.
+      for (const malformed of ['0123456789ABCDEF', '0123456789abcde', '0123456789abcdef0', 'not-a-ref', '../keys/abc', sessionId, '-0123456789abcde']) {
+        const result = await runCli(['mcp', 'sessions', 'terminate', '--', malformed], standInEnv);
         expect(result.code, `${malformed}: ${result.stderr}`).toBe(EXIT.usage);
         expect(result.stderr).toMatch(/ref: .* is not a session ref \(16 hex characters/);
       }

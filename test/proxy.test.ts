@@ -19,6 +19,7 @@ import { bodyAad, countNeedingRotation, rotateEncryption } from '../src/proxy/re
 import { KeyRing } from '../src/store/crypto.js';
 import { filesUnder } from './helpers/process.js';
 import { OAUTH_TOKEN_PATH, type StandIn, startAnthropicStandIn } from './stand-in/anthropic.js';
+import { awayFromMinuteBoundary } from './helpers/clock.js';
 
 const fakeUpstreamKey = () => `sk-ant-api03-${randomBytes(24).toString('hex')}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -563,6 +564,7 @@ describe('limits, budgets and model allow-lists', () => {
   }
 
   it('raises RateLimitError with retry-after and anthropic-ratelimit headers past requests per minute, and audits it', async () => {
+    await awayFromMinuteBoundary();
     const sdk = await keyWith({ requestsPerMinute: 2 });
     const ok = await sdk.messages.create(MESSAGE).withResponse();
     expect(ok.response.headers.get('anthropic-ratelimit-requests-limit')).toBe('2');
@@ -618,6 +620,7 @@ describe('limits, budgets and model allow-lists', () => {
   });
 
   it('applies a tenant limit from the config to all of its keys together', async () => {
+    await awayFromMinuteBoundary();
     const one = await keyWith({}, 'capped');
     const two = await keyWith({}, 'capped');
     await one.messages.create(MESSAGE);
@@ -801,7 +804,8 @@ describe('clients that leave early', () => {
   it('charges the output a client received when it hangs up before the final usage event', async () => {
     const key = (await b.createKey(['llm'])).key;
     const controller = new AbortController();
-    const response = await post(key, { ...MESSAGE, max_tokens: 2000, stream: true, messages: [{ role: 'user', content: 'word '.repeat(300) }] }, controller.signal);
+    // About 3,000 events 2 ms apart: the stream is far from its end when the client leaves at 150.
+    const response = await post(key, { ...MESSAGE, max_tokens: 4000, stream: true, messages: [{ role: 'user', content: 'word '.repeat(3000) }] }, controller.signal);
     const reader = response.body!.getReader();
     let text = '';
     while ((text.match(/content_block_delta/g) ?? []).length < 150) text += new TextDecoder().decode((await reader.read()).value);

@@ -20,6 +20,7 @@ import type { Principal } from '../src/auth/principal.js';
 import type { BulwarkEnv } from '../src/http/context.js';
 import { ApiError, errorHandler } from '../src/http/errors.js';
 import { ROOT } from './helpers/process.js';
+import { freePort } from './helpers/private-postgres.js';
 import { ipRateLimit } from '../src/security/ip-rate-limit.js';
 import { type AuthFailureTracker, type LockoutOptions, authFailureTracker, lockSecondsFor } from '../src/security/lockout.js';
 import { type PrincipalRateLimitOptions, principalRateLimit } from '../src/security/principal-rate-limit.js';
@@ -345,6 +346,33 @@ function runIsolated(script: string): Promise<{ code: number | null; output: str
   });
 }
 
+/**
+ * A client connected to the Redis at `url` once it accepts connections (a server just spawned
+ * takes a moment to listen). Fails as soon as `exit` resolves: a server that has gone (its port
+ * taken, say) will never answer, and whatever holds its port may never answer either.
+ */
+async function connectedClient(url: string, exit: Promise<void>) {
+  const exitedError = () => new Error(`the Redis for ${url} exited before it answered`);
+  let exited = false;
+  const gone = exit.then(() => {
+    exited = true;
+    throw exitedError();
+  });
+  gone.catch(() => {});
+  for (let attempt = 0; attempt < 50 && !exited; attempt++) {
+    const client = createClient({ url, socket: { connectTimeout: 500, reconnectStrategy: false } });
+    client.on('error', () => {});
+    try {
+      await Promise.race([client.connect().then(() => client.ping()), gone]);
+      return client;
+    } catch {
+      if (client.isOpen) client.destroy();
+      await sleep(100);
+    }
+  }
+  throw exited ? exitedError() : new Error(`the Redis for ${url} did not answer within 5 s`);
+}
+
 describe('Redis back end (real Redis on loopback)', () => {
   afterAll(async () => {
     const client = createClient({ url: REDIS_URL });
@@ -401,31 +429,46 @@ describe('Redis back end (real Redis on loopback)', () => {
 
   it('keeps enforcing a lockout it has seen when its Redis goes away', async () => {
     // A Redis of this test's own, so it can really be stopped.
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const port = await freePort();
+    const url = `redis://127.0.0.1:${port}`;
     const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    // Listening at once: a server that cannot bind (its port taken since) exits within milliseconds.
+    let exited = false;
+    const exit = new Promise<void>((resolve) => {
+      const done = () => {
+        exited = true;
+        resolve();
+      };
+      server.once('exit', done);
+      server.once('error', done);
+    });
+    const prefix = `${RUN_PREFIX}:outage`;
+    let probe: Awaited<ReturnType<typeof connectedClient>> | undefined;
     try {
-      let runtime: Awaited<ReturnType<typeof createRateLimiter>> | undefined;
-      for (let i = 0; i < 50 && runtime?.backend !== 'redis'; i++) {
-        await runtime?.close();
-        await new Promise((r) => setTimeout(r, 100));
-        runtime = await createRateLimiter({ redisUrl: `redis://127.0.0.1:${port}`, prefix: `${RUN_PREFIX}:outage`, connectTimeoutMs: 500, commandTimeoutMs: 300 });
-      }
-      if (!runtime) throw new Error('no limiter');
+      probe = await connectedClient(url, exit);
+      const fallbacks: unknown[] = [];
+      const runtime = await createRateLimiter({ redisUrl: url, prefix, connectTimeoutMs: 500, commandTimeoutMs: 300, onFallback: (err) => fallbacks.push(err) });
       try {
         const tracker = authFailureTracker({ limiter: runtime.limiter, audit: () => {}, failures: 2 });
         await tracker.recordFailure('198.51.100.7');
         await tracker.recordFailure('198.51.100.7');
         expect(await tracker.lockedForMs('198.51.100.7')).toBeGreaterThan(200_000);
+        // The lock is in this Redis, not in the fallback: otherwise the outage below tests nothing.
+        expect(fallbacks).toEqual([]);
+        expect((await probe.keys(`${prefix}:*`)).length).toBeGreaterThan(0);
+        await probe.close();
         server.kill('SIGKILL');
-        await new Promise((r) => server.once('exit', r));
+        await exit;
         // The shared store is gone and the in-memory fallback never saw this lock; it still holds.
         expect(await tracker.lockedForMs('198.51.100.7')).toBeGreaterThan(200_000);
         expect(await tracker.lockedForMs('198.51.100.8')).toBe(0);
+        expect(fallbacks.length).toBeGreaterThan(0);
       } finally {
         await runtime.close();
       }
     } finally {
-      server.kill('SIGKILL');
+      if (probe?.isOpen) probe.destroy();
+      if (!exited) server.kill('SIGKILL');
     }
   });
 

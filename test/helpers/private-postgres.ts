@@ -16,7 +16,8 @@ function binDir(): string {
   return path.join(root, version, 'bin');
 }
 
-async function freePort(): Promise<number> {
+/** A loopback port free a moment ago (listen on 0, then close): for a server of a test's own. */
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
