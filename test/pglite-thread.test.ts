@@ -4,7 +4,7 @@
  * error instead of leaving a query waiting forever.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { PGliteThread } from '../src/store/pglite-thread.js';
+import { CopyData, PGliteThread } from '../src/store/pglite-thread.js';
 
 const engines: PGliteThread[] = [];
 afterEach(async () => {
@@ -40,6 +40,20 @@ describe('PGliteThread', () => {
     expect(refused).toMatchObject({ code: '23505', constraint: 'u_pkey' });
     expect((refused as Error).message).toMatch(/duplicate key/);
     expect((await db.query('select count(*)::int as n from u', [])).rows).toEqual([{ n: 1 }]);
+  });
+
+  it('copies rows from CopyData, all or none: a refused row leaves the table as it was', async () => {
+    const db = await engine();
+    await db.query('create table c (id text primary key, n int4, note text)', []);
+    const copied = await db.query("copy c from '/dev/blob' with (format csv)", [new CopyData('a,1,"x, ""y""\nz"\nb,2,\n')]);
+    expect(copied.affectedRows).toBe(2);
+    const refused = await db.query("copy c from '/dev/blob' with (format csv)", [new CopyData('c,3,ok\nd,not a number,bad\n')]).catch((err: unknown) => err as Error & { code?: string });
+    expect(refused).toMatchObject({ code: '22P02' });
+    const { rows } = await db.query<{ id: string; n: number; note: string | null }>('select * from c order by id', []);
+    expect(rows).toEqual([
+      { id: 'a', n: 1, note: 'x, "y"\nz' },
+      { id: 'b', n: 2, note: null },
+    ]);
   });
 
   it('fails a query whose parameter cannot be sent, and the next query still runs', async () => {

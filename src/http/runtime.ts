@@ -260,7 +260,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (tenantLimits) subjects.push({ kind: 'tenant', id: principal.tenant, limits: tenantLimits });
     return subjects;
   };
-  const requestLog = createRequestLog(database.db, { spoolDir, report, ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
+  const requestLog = createRequestLog(database.db, { spoolDir, report, bulkCopy: database.kind === 'pglite', ...(options.flushIntervalMs ? { flushIntervalMs: options.flushIntervalMs } : {}) });
 
   metrics.collect(() => {
     const queues = { audit: auditLog.stats, 'last-used': lastUsed.stats, requests: requestLog.stats };

@@ -17,6 +17,15 @@ export interface EmbeddedQueryResult<R> {
   affectedRows?: number | undefined;
 }
 
+/**
+ * The data of a `COPY … FROM '/dev/blob'` (CSV or text, as the statement says), given as that
+ * query's only parameter. The embedded engine alone takes it: PGlite reads `/dev/blob` from the
+ * query's `blob` option.
+ */
+export class CopyData {
+  constructor(readonly text: string) {}
+}
+
 /** What the Kysely dialect needs from the engine. */
 export interface EmbeddedEngine {
   query<R>(sql: string, params: readonly unknown[]): Promise<EmbeddedQueryResult<R>>;
@@ -68,7 +77,10 @@ function fields(err) {
       parentPort.close();
       return;
     }
-    const result = await db.query(message.sql, message.params);
+    // COPY ... FROM '/dev/blob' reads the query's blob.
+    const result = message.copy === undefined
+      ? await db.query(message.sql, message.params)
+      : await db.query(message.sql, [], { blob: new Blob([message.copy]) });
     parentPort.postMessage({ id: message.id, rows: result.rows, affectedRows: result.affectedRows });
   }
   // One statement at a time, in the order sent; a failure (a constraint, a value that cannot be
@@ -143,7 +155,8 @@ export class PGliteThread implements EmbeddedEngine {
     const reply = this.#await(id);
     if (!this.#stopped) {
       try {
-        this.#worker.postMessage({ id, op: 'query', sql, params });
+        const copy = params.length === 1 && params[0] instanceof CopyData ? params[0].text : undefined;
+        this.#worker.postMessage(copy === undefined ? { id, op: 'query', sql, params } : { id, op: 'query', sql, copy });
       } catch (err) {
         // A parameter that cannot be cloned (a function, a symbol): this query fails, nothing waits for it.
         this.#settle(id, { id, error: { message: `a query parameter cannot be sent to the embedded database: ${(err as Error).message}`, name: 'TypeError' } });
