@@ -50,7 +50,7 @@ export interface RequestLogOptions {
 export type RequestLog = WriteBehind<RequestRecord>;
 
 export function createRequestLog(db: Kysely<Tables>, options: RequestLogOptions = {}): RequestLog {
-  const write = options.bulkCopy ? (batch: readonly RequestRecord[]) => copyRows(db, batch) : (batch: readonly RequestRecord[]) => insertRows(db, batch);
+  const writeRows = options.bulkCopy ? copyRows : insertRows;
   return new WriteBehind<RequestRecord>({
     name: 'requests',
     spoolDir: options.spoolDir,
@@ -60,7 +60,7 @@ export function createRequestLog(db: Kysely<Tables>, options: RequestLogOptions 
     // Rows with stored bodies can be megabytes: bound memory and each write by bytes too.
     sizeOf: (r) => 600 + (r.requestBody?.length ?? 0) + (r.responseBody?.length ?? 0),
     ...(options.flushIntervalMs !== undefined ? { flushIntervalMs: options.flushIntervalMs } : {}),
-    write,
+    write: (batch) => writeRows(db, batch),
   });
 }
 
