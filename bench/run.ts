@@ -323,6 +323,11 @@ async function main(): Promise<void> {
       `  vs responses received (2xx + non-2xx): ${r.responses} -> ${r.matchesResponses ? 'match' : `no match (rows - responses = ${r.rows - r.responses})`}`,
       `  vs requests sent: ${r.sent} -> ${r.matchesSent ? 'match' : `no match (rows - sent = ${r.rows - r.sent})`}` +
         (inFlight > 0 ? `; ${inFlight} request(s) were still in flight when a load run ended (sent, never answered to the client)` : '') +
+        // Rows short of sent, within the in-flight count: requests autocannon wrote but whose
+        // connection it closed before Bulwark read them. Every answered request has its row.
+        (inFlight > 0 && r.rows < r.sent && r.sent - r.rows <= inFlight && r.lost === 0
+          ? `, of which ${r.sent - r.rows} never reached Bulwark before their connection closed and ${inFlight - (r.sent - r.rows)} got a row`
+          : '') +
         (r.clientErrors > 0 ? `; ${r.clientErrors} client-side error(s)` : ''),
       `  shutdown: ${r.shutdown.killed ? 'had to be killed' : `exit ${r.shutdown.code ?? r.shutdown.signal}`} after ${r.shutdown.ms} ms`,
     );
