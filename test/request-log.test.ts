@@ -4,9 +4,10 @@
  * database). What goes in comes back out unchanged, a replayed batch doubles no row, and a row
  * the database refuses costs only itself.
  */
-import { sql } from 'kysely';
+import { type Selectable, sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { type RequestLog, type RequestRecord, createRequestLog } from '../src/proxy/request-log.js';
+import type { RequestsTable } from '../src/store/tables.js';
 import type { WriteBehindReport } from '../src/store/write-behind.js';
 import { type Engine, type TestDatabase, openTestDatabase } from './helpers/database.js';
 
@@ -27,23 +28,7 @@ function record(extra: Partial<RequestRecord> = {}): RequestRecord {
   };
 }
 
-interface Row {
-  id: string;
-  time: Date;
-  tenant_id: string;
-  stream: boolean;
-  status: number;
-  error_type: string | null;
-  input_tokens: number;
-  output_tokens: number;
-  cache_creation_input_tokens: number;
-  cache_read_input_tokens: number;
-  cost_usd: number;
-  first_token_ms: number | null;
-  user_agent: string | null;
-  request_body: string | null;
-  response_body: string | null;
-}
+type Row = Selectable<RequestsTable>;
 
 describe.each(WAYS)('requests on %s (COPY: %s)', (engine, bulkCopy) => {
   let t: TestDatabase;
